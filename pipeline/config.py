@@ -1,0 +1,149 @@
+"""Configuration dataclasses and the model presets.
+
+Every saved pipeline stores its `PipelineConfig` as JSON next to the weights, so a checkpoint
+always says what it is. Presets live here, in code; defaults never read files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FPS = 25  # video frame rate of the whole method (LTX-Video and the paper use 25 fps)
+SAMPLE_RATE = 16_000  # Whisper's input rate
+TEMPORAL_COMPRESSION = 8  # VAE: 8 video frames -> 1 latent frame (the first frame alone)
+SPATIAL_COMPRESSION = 32  # VAE: 32x32 pixels -> 1 latent token
+
+
+@dataclass
+class VAEConfig:
+    """Keyword arguments of `diffusers.AutoencoderKLLTXVideo` (its defaults = the real LTX VAE)."""
+
+    pretrained: str | None = None  # folder or hub id with a `vae` subfolder (real LTX weights)
+    kwargs: dict = field(default_factory=dict)  # overrides of the diffusers defaults
+
+
+@dataclass
+class SpeechConfig:
+    """Frozen Whisper-tiny features -> SpeechAE codes, one group of tokens per latent frame."""
+
+    whisper: str | None = None  # transformers folder / hub id; None = converted tiny.en (PyPI)
+    whisper_dim: int = 384  # Whisper-tiny encoder width
+    feats_per_frame: int = 2  # Whisper runs at 50 Hz, video at 25 fps
+    context_frames: int = 2  # neighbouring video frames on each side in a frame's window
+    hidden_dim: int = 256  # SpeechAE width after the linear dimension change
+    num_tokens: int = 4  # speech tokens per latent frame (keys of the audio cross-attention)
+    code_dim: int = 64  # width of one speech token
+    temperature: float = 0.07  # tau of the contrastive loss (eq. 9)
+
+    @property
+    def window_dim(self) -> int:
+        return (2 * self.context_frames + 1) * self.feats_per_frame * self.whisper_dim
+
+    @property
+    def frame_dim(self) -> int:
+        return self.feats_per_frame * self.whisper_dim
+
+
+@dataclass
+class DiTConfig:
+    """A2V-DiT size. `in_channels` must equal the VAE latent channels."""
+
+    in_channels: int = 128
+    patch_size: int = 1  # latent tokens per patch side (LTX uses 1: the VAE already patchifies)
+    hidden_size: int = 256
+    depth: int = 6
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    audio_dim: int = 64  # = SpeechConfig.code_dim
+    text_dim: int | None = None  # text conditioning (full attention) when set; off in `tiny`
+    rope_axes: tuple[int, int, int] = (16, 24, 24)  # head-dim split over (frame, height, width)
+
+
+@dataclass
+class SamplingConfig:
+    """Defaults of the sampler (the paper's: 8 steps, Split-CFG, alpha 2, beta 6)."""
+
+    num_inference_steps: int = 8
+    cfg_mode: str = "split"
+    alpha: float = 2.0
+    beta: float = 6.0
+    shift: float = 1.0  # timestep shift of the inference schedule (SD3-style)
+    clip_latent_frames: int = 5  # f: latent frames per clip, overlapping by one
+    train_mu: float = 0.0  # logit-normal location of training timesteps
+    train_sigma: float = 1.0  # logit-normal scale of training timesteps
+
+
+@dataclass
+class PipelineConfig:
+    preset: str = "tiny"
+    height: int = 128
+    width: int = 128
+    max_seconds: float = 120.0  # longest audio accepted
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    speech: SpeechConfig = field(default_factory=SpeechConfig)
+    dit: DiTConfig = field(default_factory=DiTConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PipelineConfig":
+        sub = {"vae": VAEConfig, "speech": SpeechConfig, "dit": DiTConfig, "sampling": SamplingConfig}
+        kw = {k: (sub[k](**v) if k in sub else v) for k, v in d.items()}
+        if "dit" in kw and isinstance(kw["dit"].rope_axes, list):
+            kw["dit"].rope_axes = tuple(kw["dit"].rope_axes)
+        return cls(**kw)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PipelineConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+# The 3.58 M-parameter LTX VAE with the real VAE's 32x32x8 compression (DESIGN.md).
+TINY_VAE = dict(
+    latent_channels=128,
+    block_out_channels=(16, 32, 64, 64),
+    decoder_block_out_channels=(16, 32, 64, 64),
+    layers_per_block=(1, 1, 1, 1, 1),
+    decoder_layers_per_block=(1, 1, 1, 1, 1),
+    spatio_temporal_scaling=(True, True, True, False),
+    decoder_spatio_temporal_scaling=(True, True, True, False),
+    patch_size=4,
+    patch_size_t=1,
+    timestep_conditioning=False,
+    encoder_causal=True,
+    decoder_causal=False,
+)
+
+
+def tiny() -> PipelineConfig:
+    """CPU default: tiny LTX VAE at 128x128, small DiT. Sized to train and run on 2 cores."""
+    return PipelineConfig(preset="tiny", height=128, width=128, vae=VAEConfig(kwargs=dict(TINY_VAE)))
+
+
+def read_512() -> PipelineConfig:
+    """Paper scale: real LTX VAE config, Whisper-tiny, LTX-2B-sized DiT, 512x512, 121 frames."""
+    return PipelineConfig(
+        preset="read-512",
+        height=512,
+        width=512,
+        vae=VAEConfig(kwargs={}),
+        speech=SpeechConfig(hidden_dim=1024, num_tokens=8, code_dim=256),
+        dit=DiTConfig(hidden_size=2048, depth=28, num_heads=32, audio_dim=256, rope_axes=(16, 24, 24)),
+        sampling=SamplingConfig(clip_latent_frames=16),  # 121 frames = 1 + 15*8 -> 16 latent frames
+    )
+
+
+PRESETS = {"tiny": tiny, "read-512": read_512}
+
+
+def get_preset(name: str) -> PipelineConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]()

@@ -1,0 +1,109 @@
+"""Reverse process of READ: Algorithm 1 (ANS inference) and Joint-/Split-CFG (eq. 16-17).
+
+N latent frames are split into k clips of f frames overlapping by one. At step T_i -> T_{i+1},
+clip 1 runs at [0, T_i, ..., T_i]; clip j > 1 first takes clip j-1's last frame, already advanced
+to T_{i+1}, as its first (motion) frame and runs at [0, T_{i+1}, T_i, ..., T_i].
+
+Clip j at step i needs only clip j-1's state after step i, so running clip by clip (`sample_clips`)
+computes the same latents as Algorithm 1's step-by-step order (`sample_step_major`, kept as the
+reference the tests compare against), and clip 1 is final after 1/k of the work.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterator
+
+import torch
+
+from .scheduler import clip_timesteps, euler_step
+
+CFG_MODES = ("joint", "split")
+
+
+def num_clips(num_latent_frames: int, clip_frames: int) -> int:
+    return max(1, math.ceil((num_latent_frames - 1) / (clip_frames - 1)))
+
+
+def padded_latent_frames(num_latent_frames: int, clip_frames: int) -> int:
+    """Latent frames covered by whole clips: 1 + k (f - 1) >= num_latent_frames."""
+    return 1 + num_clips(num_latent_frames, clip_frames) * (clip_frames - 1)
+
+
+def cfg_velocity(model, z, t, audio, cfg_mode: str = "split", alpha: float = 2.0, beta: float = 6.0, text=None):
+    """Guided velocity for z = [z_R, clip] (B, C, 1+f, H, W), t (B, 1+f), audio (B, f, M, Da).
+
+    Joint (eq. 16): (1-a) S(Z, 0) + a S(Z, C, z_R)                     -- 2 passes
+    Split (eq. 17): (1-a-b) S(Z, 0) + a S(Z, 0, z_R) + b S(Z, C, z_R)  -- 3 passes
+    The passes run as one batched forward.
+    """
+    if cfg_mode == "joint":
+        if alpha == 1.0:  # no guidance: one pass is enough
+            return model(z, t, audio, text=text)
+        weights, drop_audio, drop_ref = [1 - alpha, alpha], [True, False], [True, False]
+    elif cfg_mode == "split":
+        weights = [1 - alpha - beta, alpha, beta]
+        drop_audio, drop_ref = [True, True, False], [True, False, False]
+    else:
+        raise ValueError(f"cfg_mode must be one of {CFG_MODES}, got {cfg_mode!r}")
+    n, B = len(weights), z.shape[0]
+    flags = lambda f: torch.tensor(f, device=z.device).repeat_interleave(B)  # noqa: E731
+    rep = lambda x: None if x is None else x.repeat(n, *([1] * (x.dim() - 1)))  # noqa: E731
+    v = model(rep(z), rep(t), rep(audio), drop_audio=flags(drop_audio), drop_ref=flags(drop_ref), text=rep(text))
+    return sum(w * vi for w, vi in zip(weights, v.chunk(n)))
+
+
+VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _clip_step(velocity_fn: VelocityFn, z_ref, z, audio, t_i, t_next, guided_first: bool):
+    """One Euler step of one clip. If guided_first, z's first frame is already at t_next."""
+    B, f = z.shape[0], z.shape[2]
+    t = clip_timesteps(t_next if guided_first else t_i, t_i, f).to(z.device).expand(B, -1)
+    t_to = clip_timesteps(t_next, t_next, f).to(z.device).expand(B, -1)
+    x = torch.cat([z_ref, z], dim=2)  # (B, C, 1+f, H, W)
+    x = euler_step(x, velocity_fn(x, t, audio), t, t_to)  # reference: dt = 0, stays clean
+    return x[:, :, 1:]
+
+
+def sample_clips(
+    velocity_fn: VelocityFn, noise, z_ref, audio, timesteps, clip_frames: int, callback=None
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """Clip-major ANS sampling. Yields (clip index, first latent index, final clip latents).
+
+    noise (B, C, N, H, W) with N = 1 + k(f-1); z_ref (B, C, 1, H, W); audio (B, N, M, Da);
+    timesteps (steps+1,) from 1 to 0. callback(clip, step) is called after every step.
+    """
+    f, N = clip_frames, noise.shape[2]
+    assert N == padded_latent_frames(N, f), "noise must cover whole clips (padded_latent_frames)"
+    prev = None  # trajectory of clip j-1's last frame: states after each step
+    for j in range(num_clips(N, f)):
+        s = j * (f - 1)
+        z = noise[:, :, s : s + f].clone()
+        traj = [z[:, :, -1].clone()]
+        for i in range(len(timesteps) - 1):
+            if prev is not None:
+                z[:, :, 0] = prev[i + 1]
+            z = _clip_step(velocity_fn, z_ref, z, audio[:, s : s + f], timesteps[i], timesteps[i + 1], prev is not None)
+            traj.append(z[:, :, -1].clone())
+            if callback is not None:
+                callback(j, i)
+        prev = traj
+        yield j, s, z
+
+
+def sample_step_major(velocity_fn: VelocityFn, noise, z_ref, audio, timesteps, clip_frames: int) -> torch.Tensor:
+    """Algorithm 1 in its published order (all clips advance one step at a time). Returns (B, C, N, H, W)."""
+    f, N = clip_frames, noise.shape[2]
+    starts = [j * (f - 1) for j in range(num_clips(N, f))]
+    clips = [noise[:, :, s : s + f].clone() for s in starts]
+    for i in range(len(timesteps) - 1):
+        for j, s in enumerate(starts):
+            if j > 0:
+                clips[j][:, :, 0] = clips[j - 1][:, :, -1]  # already advanced to T_{i+1}
+            clips[j] = _clip_step(velocity_fn, z_ref, clips[j], audio[:, s : s + f], timesteps[i], timesteps[i + 1], j > 0)
+    return assemble(clips)
+
+
+def assemble(clips: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate clip latents, dropping each later clip's shared first frame."""
+    return torch.cat([clips[0]] + [c[:, :, 1:] for c in clips[1:]], dim=2)

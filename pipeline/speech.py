@@ -1,0 +1,88 @@
+"""Speech side of READ: frame-aligned Whisper windows and the SpeechAE (eq. 7-9).
+
+Frozen Whisper-tiny features S run at 50 Hz, two per video frame. Each video frame gets a window
+of its own and its neighbours' features. The SpeechAE encoder (linear dimension change + causal
+1-D convolutions) compresses time exactly like the VAE -- the first frame alone, then 8 frames
+-> 1 -- so code group k belongs to latent frame k; the decoder reconstructs S from the codes.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+
+from .config import TEMPORAL_COMPRESSION
+
+
+def frame_features(feats: torch.Tensor, num_frames: int, feats_per_frame: int = 2) -> torch.Tensor:
+    """50 Hz features (T50, D) -> per video frame (num_frames, feats_per_frame * D), edge-padded."""
+    need = num_frames * feats_per_frame
+    if feats.shape[0] < need:  # audio ends inside the last frame: repeat the last feature
+        feats = torch.cat([feats, feats[-1:].expand(need - feats.shape[0], -1)], dim=0)
+    return feats[:need].reshape(num_frames, -1)
+
+
+def frame_windows(frames: torch.Tensor, context: int) -> torch.Tensor:
+    """(..., T, Df) -> (..., T, (2c+1) Df): each frame with c neighbours on each side (edge-padded)."""
+    T = frames.shape[-2]
+    idx = torch.arange(T)[:, None] + torch.arange(-context, context + 1)[None]  # (T, 2c+1)
+    return frames[..., idx.clamp(0, T - 1), :].flatten(-2)
+
+
+class CausalConv1d(nn.Conv1d):
+    """Conv1d that only looks back: left padding of kernel - stride, so output j sees inputs <= stride*j + stride-1."""
+
+    def forward(self, x):
+        pad = self.kernel_size[0] - self.stride[0]
+        return super().forward(F.pad(x, (pad, 0), mode="replicate"))
+
+
+class SpeechAE(ModelMixin, ConfigMixin):
+    @register_to_config
+    def __init__(self, window_dim: int = 3840, frame_dim: int = 768, hidden_dim: int = 256, num_tokens: int = 4, code_dim: int = 64):
+        super().__init__()
+        h = hidden_dim
+        self.enc_in = nn.Sequential(nn.LayerNorm(window_dim), nn.Linear(window_dim, h), nn.GELU())
+        self.down = nn.ModuleList(CausalConv1d(h, h, kernel_size=3, stride=2) for _ in range(3))  # 8 -> 1
+        self.enc_out = nn.Linear(h, num_tokens * code_dim)
+        self.dec_in = nn.Linear(num_tokens * code_dim, h)
+        self.up = nn.ModuleList(CausalConv1d(h, h, kernel_size=3, stride=1) for _ in range(3))  # 1 -> 8
+        self.dec_out = nn.Sequential(nn.GELU(), nn.Linear(h, frame_dim))
+
+    def encode(self, windows: torch.Tensor) -> torch.Tensor:
+        """(B, 1+8k, window_dim) -> codes (B, 1+k, num_tokens, code_dim). Code k sees frames <= 8k."""
+        x = self.enc_in(windows).transpose(1, 2)  # (B, h, T)
+        first = x[:, :, :1].expand(-1, -1, TEMPORAL_COMPRESSION - 1)
+        x = torch.cat([first, x], dim=2)  # (B, h, 8(k+1)): the first frame forms a group alone
+        for conv in self.down:
+            x = F.gelu(conv(x))  # (B, h, T/2)
+        codes = self.enc_out(x.transpose(1, 2))  # (B, 1+k, M*Dc)
+        return codes.unflatten(-1, (self.config.num_tokens, self.config.code_dim))
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes (B, 1+k, M, Dc) -> reconstructed frame features (B, 1+8k, frame_dim)."""
+        x = self.dec_in(codes.flatten(-2)).transpose(1, 2)  # (B, h, 1+k)
+        for conv in self.up:
+            x = F.gelu(conv(x.repeat_interleave(2, dim=2)))  # (B, h, 2T)
+        x = x[:, :, TEMPORAL_COMPRESSION - 1 :]  # the first code decodes to one frame
+        return self.dec_out(x.transpose(1, 2))
+
+    def forward(self, windows):
+        codes = self.encode(windows)
+        return codes, self.decode(codes)
+
+
+def speech_ae_loss(s: torch.Tensor, s_hat: torch.Tensor, alpha: float = 1.0, beta: float = 0.1, tau: float = 0.07):
+    """alpha * MSE(S, S_hat) + beta * contrastive (eq. 7-9).
+
+    The contrastive term is InfoNCE over all frames of the batch: s_hat_i should be closer (cosine
+    similarity / tau) to its own s_i than to any other frame's s_j. Returns (loss, mse, contrastive).
+    """
+    mse = F.mse_loss(s_hat, s)
+    a = F.normalize(s_hat.flatten(0, -2), dim=-1)  # (N, D)
+    b = F.normalize(s.flatten(0, -2), dim=-1)
+    logits = a @ b.t() / tau  # (N, N)
+    contrastive = F.cross_entropy(logits, torch.arange(len(a), device=a.device))
+    return alpha * mse + beta * contrastive, mse, contrastive

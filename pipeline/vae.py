@@ -1,0 +1,95 @@
+"""Temporal VAE: LTX-Video's `AutoencoderKLLTXVideo` (32x32 pixels x 8 frames per latent token).
+
+A clip of 1 + 8k frames <-> 1 + k latent frames; latent frame 0 <-> video frame 0, latent frame
+k >= 1 <-> video frames 8k-7 ... 8k. The encoder is causal in time, so the reference image is
+encoded alone as a one-frame video. The decoder is *not* causal: `StreamingDecoder` decodes clip by
+clip with left context and one latent frame of look-ahead, and drops the duplicated frames.
+"""
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKLLTXVideo
+
+from .config import TEMPORAL_COMPRESSION, VAEConfig
+
+
+def build_vae(cfg: VAEConfig) -> AutoencoderKLLTXVideo:
+    """Real LTX weights when `cfg.pretrained` names them, else a fresh model from the preset."""
+    if cfg.pretrained:
+        return AutoencoderKLLTXVideo.from_pretrained(cfg.pretrained, subfolder="vae")
+    return AutoencoderKLLTXVideo(**cfg.kwargs)
+
+
+def latent_frames(num_frames: int) -> int:
+    """Latent frames of a 1 + 8k frame video."""
+    return 1 + (num_frames - 1) // TEMPORAL_COMPRESSION
+
+
+def video_frames(num_latents: int) -> int:
+    return 1 + TEMPORAL_COMPRESSION * (num_latents - 1)
+
+
+def _stats(vae, z):
+    mean = vae.latents_mean.view(1, -1, 1, 1, 1).to(z)
+    std = vae.latents_std.view(1, -1, 1, 1, 1).to(z)
+    return mean, std, vae.config.scaling_factor
+
+
+def normalize(vae, z):
+    mean, std, s = _stats(vae, z)
+    return (z - mean) * s / std
+
+
+def denormalize(vae, z):
+    mean, std, s = _stats(vae, z)
+    return z * std / s + mean
+
+
+@torch.no_grad()
+def encode(vae, video: torch.Tensor, sample: bool = False, generator=None) -> torch.Tensor:
+    """Pixels (B, 3, 1+8k, H, W) in [-1, 1] -> normalised latents (B, C, 1+k, H/32, W/32)."""
+    dist = vae.encode(video.to(vae.dtype)).latent_dist
+    z = dist.sample(generator) if sample else dist.mode()
+    return normalize(vae, z.float())
+
+
+def encode_image(vae, image: torch.Tensor) -> torch.Tensor:
+    """Reference image (B, 3, H, W) in [-1, 1] -> z_R (B, C, 1, h, w): a one-frame video."""
+    return encode(vae, image[:, :, None])
+
+
+@torch.no_grad()
+def decode(vae, z: torch.Tensor) -> torch.Tensor:
+    """Normalised latents (B, C, n, h, w) -> pixels (B, 3, 1+8(n-1), H, W) in [-1, 1]."""
+    x = vae.decode(denormalize(vae, z).to(vae.dtype), return_dict=False)[0]
+    return x.float().clamp(-1, 1)
+
+
+class StreamingDecoder:
+    """Decode a growing latent sequence clip by clip without seams.
+
+    Each `push` decodes the not-yet-emitted latents together with `context` earlier latent frames
+    (the decoder's left receptive field) and holds back the last `lookahead` frames until more
+    latents arrive (its right receptive field); frames of the context are decoded but dropped.
+    """
+
+    def __init__(self, vae, context: int = 2, lookahead: int = 1):
+        assert context >= 1, "the first decoded latent yields one frame only: keep one of context"
+        self.vae, self.context, self.lookahead = vae, context, lookahead
+        self.latents: torch.Tensor | None = None
+        self.done = 0  # latent frames whose video frames have been emitted
+
+    def push(self, new: torch.Tensor, final: bool = False) -> torch.Tensor | None:
+        """Append latents (B, C, n, h, w); return newly final pixels (B, 3, T, H, W) or None."""
+        self.latents = new if self.latents is None else torch.cat([self.latents, new], dim=2)
+        total = self.latents.shape[2]
+        end = total if final else total - self.lookahead  # emit latents [done, end)
+        if end <= self.done:
+            return None
+        start = max(0, self.done - self.context)
+        frames = decode(self.vae, self.latents[:, :, start:total])
+        # frame index of latent m within a decode that starts at latent `start`
+        first = 0 if self.done == 0 else 1 + TEMPORAL_COMPRESSION * (self.done - 1 - start)
+        last = 1 + TEMPORAL_COMPRESSION * (end - 1 - start)
+        self.done = end
+        return frames[:, :, first:last]
