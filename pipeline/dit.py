@@ -127,7 +127,7 @@ class A2VDiT(ModelMixin, ConfigMixin):
     ):
         super().__init__()
         D, p = hidden_size, patch_size
-        assert sum(rope_axes) == D // num_heads, "rope_axes must split the head dimension"
+        assert sum(rope_axes) == D // num_heads and all(a % 2 == 0 for a in rope_axes), "rope_axes: even parts of the head dim"
         self.x_embed = nn.Linear(in_channels * p * p, D)
         self.t_embed = nn.Sequential(nn.Linear(256, D), nn.SiLU(), nn.Linear(D, D))
         self.t_mod = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))  # shared by blocks (PixArt/LTX)

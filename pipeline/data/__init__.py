@@ -1,0 +1,1 @@
+"""Synthetic talking-face data."""

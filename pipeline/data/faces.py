@@ -1,0 +1,472 @@
+"""Procedural 2-D portraits: identity sampling and fast per-frame rendering.
+
+An ``Identity`` is a set of random factors (face shape, skin, hair style/colour, eyes, brows,
+nose, lips, glasses/beard, clothes, background, head position/scale). ``FaceRenderer`` turns it
+into frames. For speed the work is split:
+
+* once per identity, at ``ss``x supersampling: everything that never changes relative to the
+  head (body, hair, face with soft shading, nose, open eyes) -> a premultiplied RGB + alpha
+  "person" layer; glasses and moustache go to an overlay drawn above the moving parts;
+* every frame: only a crop around brows, eyes and mouth is redrawn at the supersampled scale
+  (brows, eyelids, lips/teeth/mouth interior), downsampled with INTER_AREA (the anti-aliasing)
+  and pasted in; the person layer is then shifted by the head offset over a static background.
+
+Premultiplied colour (shapes drawn over black plus an alpha drawn from the same shapes) keeps
+downsampling and sub-pixel shifts linear, so edges get no dark fringe. Coordinates are pixels of
+the supersampled canvas; cv2 draws with LINE_AA and 4 fractional bits so motion is sub-pixel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+_SHIFT = 4  # fractional bits for cv2 drawing coordinates
+SKIN_TONES = np.array([[255, 226, 204], [240, 200, 165], [224, 172, 130], [198, 138, 95],
+                       [160, 104, 70], [118, 76, 50], [80, 54, 38]], np.float32)
+HAIR_COLOURS = [(25, 22, 22), (58, 40, 28), (100, 68, 42), (135, 60, 32), (212, 178, 112),
+                (170, 72, 38), (150, 150, 150), (228, 226, 220), (55, 80, 165), (200, 95, 145)]
+IRIS_COLOURS = [(95, 60, 35), (130, 105, 50), (70, 120, 75), (70, 125, 185), (120, 132, 145),
+                (48, 34, 26)]
+HAIR_STYLES = ["short", "long", "bob", "bun", "afro", "sidepart", "bald", "buzz"]
+
+
+@dataclass
+class Identity:
+    """Random factors of one portrait; sizes are fractions of the image or of the face."""
+
+    # head position and scale (fractions of the image), face shape
+    cx: float
+    cy: float
+    face_w: float
+    aspect: float
+    jaw: float
+    square: float
+    # skin and hair
+    skin: list
+    hair_style: str
+    hair_colour: list
+    hairline: float
+    hair_volume: float
+    # eyes (sizes relative to the face half-width)
+    eye_spacing: float
+    eye_w: float
+    eye_h: float
+    eye_tilt: float
+    lid_rest: float
+    iris: list
+    gaze: list
+    # brows, nose, lips
+    brow_colour: list
+    brow_thick: float
+    brow_arch: float
+    nose_len: float
+    nose_w: float
+    lip_colour: list
+    lip_thick: float
+    mouth_w: float
+    mouth_y: float
+    smile: float
+    # accessories, clothes, background
+    glasses: str
+    glasses_colour: list
+    beard: str
+    shirt: list
+    neckline: str
+    bg_a: list
+    bg_b: list
+    bg_mode: str
+
+
+def _rand_colour(rng, lo=40, hi=220):
+    return [float(v) for v in rng.uniform(lo, hi, 3)]
+
+
+def sample_identity(rng: np.random.Generator) -> Identity:
+    """Draw every factor independently from ``rng``."""
+    t = rng.uniform(0, len(SKIN_TONES) - 1)
+    i = int(t)
+    skin = SKIN_TONES[i] * (1 - (t - i)) + SKIN_TONES[min(i + 1, 6)] * (t - i)
+    skin = np.clip(skin * rng.uniform(0.95, 1.05, 3), 0, 255)
+    hair_i = int(rng.integers(len(HAIR_COLOURS)))
+    hair = np.array(HAIR_COLOURS[hair_i]) * rng.uniform(0.85, 1.15)
+    lips = skin * [0.78, 0.52, 0.55] + rng.uniform(0, 0.35) * (np.array([200, 40, 70]) - skin * 0.5)
+    natural = hair_i < 8  # the last two hair colours are dyed: brows and beard stay brown
+    brow = hair * 0.7 if natural and hair.mean() < 150 else np.array([100, 75, 55.0])
+    pick = lambda seq: str(seq[rng.integers(len(seq))])  # noqa: E731
+    return Identity(
+        cx=rng.uniform(0.45, 0.55), cy=rng.uniform(0.43, 0.5), face_w=rng.uniform(0.24, 0.3),
+        aspect=rng.uniform(1.18, 1.4), jaw=rng.uniform(0.1, 0.45), square=rng.uniform(2.0, 2.9),
+        skin=skin.tolist(), hair_style=pick(HAIR_STYLES), hair_colour=np.clip(hair, 0, 255).tolist(),
+        hairline=rng.uniform(0.46, 0.62), hair_volume=rng.uniform(1.03, 1.12),
+        eye_spacing=rng.uniform(0.36, 0.44), eye_w=rng.uniform(0.17, 0.22),
+        eye_h=rng.uniform(0.38, 0.56), eye_tilt=rng.uniform(-0.12, 0.12),
+        lid_rest=rng.uniform(0.0, 0.25), iris=list(IRIS_COLOURS[rng.integers(6)]),
+        gaze=rng.uniform(-0.25, 0.25, 2).tolist(), brow_colour=np.clip(brow, 0, 255).tolist(),
+        brow_thick=rng.uniform(0.035, 0.075), brow_arch=rng.uniform(0.0, 0.07),
+        nose_len=rng.uniform(0.2, 0.3), nose_w=rng.uniform(0.12, 0.2),
+        lip_colour=np.clip(lips, 0, 255).tolist(), lip_thick=rng.uniform(0.7, 1.3),
+        mouth_w=rng.uniform(0.42, 0.52), mouth_y=rng.uniform(0.5, 0.56),
+        smile=rng.uniform(-0.3, 1.0), glasses=pick(["none", "none", "round", "rect"]),
+        glasses_colour=_rand_colour(rng, 10, 160),
+        beard=pick(["none"] * 4 + ["stubble", "full", "moustache", "goatee"]),
+        shirt=_rand_colour(rng), neckline=pick(["v", "crew"]), bg_a=_rand_colour(rng, 30, 235),
+        bg_b=_rand_colour(rng, 30, 235), bg_mode=pick(["vertical", "horizontal", "radial", "flat"]))
+
+
+# ---------------------------------------------------------------- drawing helpers
+def _fix(pts):
+    return np.round(np.asarray(pts, np.float64) * (1 << _SHIFT)).astype(np.int32)
+
+
+def _fill(img, pts, colour):
+    cv2.fillPoly(img, [_fix(pts)], tuple(float(c) for c in colour), cv2.LINE_AA, _SHIFT)
+
+
+def _line(img, pts, colour, thick):
+    cv2.polylines(img, [_fix(pts)], False, tuple(float(c) for c in colour),
+                  max(1, int(round(thick))), cv2.LINE_AA, _SHIFT)
+
+
+def _arc(cx, cy, rx, ry, a0=0.0, a1=2 * np.pi, n=64):
+    t = np.linspace(a0, a1, n)
+    return np.stack([cx + rx * np.cos(t), cy + ry * np.sin(t)], 1)
+
+
+class _Layer:
+    """Premultiplied RGB + alpha canvas (float32) that shapes are composited onto."""
+
+    def __init__(self, size):
+        self.rgb = np.zeros((size, size, 3), np.float32)
+        self.a = np.zeros((size, size), np.float32)
+
+    def mask(self, *polys):
+        m = np.zeros(self.a.shape, np.uint8)
+        for p in polys:
+            _fill(m, p, (255,))
+        return m.astype(np.float32) / 255.0
+
+    def add(self, mask, colour, opacity=1.0):
+        m = (mask * opacity)[..., None]
+        self.rgb = np.asarray(colour, np.float32) * m + self.rgb * (1 - m)
+        self.a = m[..., 0] + self.a * (1 - m[..., 0])
+
+
+class FaceRenderer:
+    """Renders one identity at ``size`` px; see the module docstring for the layering."""
+
+    def __init__(self, ident: Identity, size: int, ss: int | None = None):
+        self.id, self.size = ident, size
+        self.ss = ss or max(2, 512 // size)
+        S = self.S = size * self.ss
+        self.fw = ident.face_w * S
+        self.fh = self.fw * ident.aspect
+        self.cx, self.cy = ident.cx * S, ident.cy * S
+        self.eye_y = self.cy - 0.08 * self.fh
+        self.ew = ident.eye_w * self.fw
+        self.eh = self.ew * ident.eye_h
+        self.mouth = (self.cx, self.cy + ident.mouth_y * self.fh)
+        self.B = ident.mouth_w * self.fw  # relaxed mouth half-width
+        self.skin = np.array(ident.skin, np.float32)
+        self.bg = self._background()
+        person, overlay = self._person(), self._overlay()
+        self._set_crop(person, overlay)
+
+    # ------------------------------------------------------------ static layers
+    def _background(self):
+        n, (a, b) = self.size, (np.array(self.id.bg_a), np.array(self.id.bg_b))
+        y, x = np.mgrid[0:n, 0:n].astype(np.float32) / max(n - 1, 1)
+        t = {"vertical": y, "horizontal": x, "flat": np.zeros_like(x),
+             "radial": np.clip(np.hypot(x - 0.5, y - 0.4) * 1.6, 0, 1)}[self.id.bg_mode]
+        return (a * (1 - t[..., None]) + b * t[..., None]).astype(np.float32)
+
+    def _face_outline(self, grow=1.0, n=96):
+        t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+        e = 2.0 / self.id.square  # superellipse: squarer faces for larger `square`
+        x = np.sign(np.cos(t)) * np.abs(np.cos(t)) ** e
+        y = np.sign(np.sin(t)) * np.abs(np.sin(t)) ** e
+        x = x * (1 - self.id.jaw * np.clip(y, 0, 1) ** 1.5)  # narrower towards the chin
+        return np.stack([self.cx + grow * self.fw * x, self.cy + grow * self.fh * y], 1)
+
+    def _person(self) -> _Layer:
+        L, fw, fh, cx, cy = _Layer(self.S), self.fw, self.fh, self.cx, self.cy
+        hair = np.array(self.id.hair_colour)
+        self._hair_back(L, hair)
+        body = _arc(cx, cy + 1.95 * fh, 2.1 * fw, 0.8 * fh)
+        L.add(L.mask(body), self.id.shirt)
+        neck = [(cx - 0.42 * fw, cy + 0.3 * fh), (cx + 0.42 * fw, cy + 0.3 * fh),
+                (cx + 0.45 * fw, cy + 1.25 * fh), (cx - 0.45 * fw, cy + 1.25 * fh)]
+        top = cy + 1.15 * fh
+        collar = ([(cx - 0.5 * fw, top), (cx + 0.5 * fw, top), (cx, top + 0.45 * fh)]
+                  if self.id.neckline == "v" else _arc(cx, top, 0.55 * fw, 0.16 * fh))
+        L.add(L.mask(neck, collar), self.skin * 0.86)
+        for s in (-1, 1):  # ears
+            ex, ey = cx + s * 0.96 * fw, self.eye_y + 0.12 * fh
+            L.add(L.mask(_arc(ex, ey, 0.13 * fw, 0.25 * fw)), self.skin * 0.93)
+            L.add(L.mask(_arc(ex + s * 0.02 * fw, ey, 0.06 * fw, 0.15 * fw)), self.skin * 0.78)
+        self.face_mask = L.mask(self._face_outline())
+        L.add(self.face_mask, self.skin)
+        self._beard(L, np.array(self.id.brow_colour) / 0.7)
+        self._hair_front(L, hair)
+        self._shade(L)
+        self._nose(L)
+        self._eyes(L)
+        return L
+
+    def _hair_back(self, L, hair):
+        fw, fh, cx, cy, st = self.fw, self.fh, self.cx, self.cy, self.id.hair_style
+        if st == "long":
+            L.add(L.mask(np.vstack([_arc(cx, cy - 0.1 * fh, 1.18 * fw, 1.05 * fh, np.pi, 2 * np.pi),
+                                    [(cx + 1.3 * fw, cy + 1.5 * fh), (cx - 1.3 * fw, cy + 1.5 * fh)]])),
+                  self._hair_texture(hair, 11))
+        elif st == "bob":
+            L.add(L.mask(_arc(cx, cy - 0.05 * fh, 1.2 * fw, 0.95 * fh)), self._hair_texture(hair, 12))
+        elif st == "afro":
+            t = np.linspace(0, 2 * np.pi, 160)
+            r = 1 + 0.04 * np.sin(17 * t)  # bumpy curls along the outline
+            pts = np.stack([cx + 1.5 * fw * r * np.cos(t), cy - 0.25 * fh + 1.1 * fh * r * np.sin(t)], 1)
+            L.add(L.mask(pts), self._hair_texture(hair, 13))
+        elif st == "bun":
+            L.add(L.mask(_arc(cx, cy - 1.08 * fh, 0.38 * fw, 0.32 * fw)), self._hair_texture(hair, 14))
+
+    def _hair_front(self, L, hair):
+        st, fw, fh, cx, cy = self.id.hair_style, self.fw, self.fh, self.cx, self.cy
+        if st == "bald":
+            return
+        v = self.id.hair_volume if st != "buzz" else 1.02
+        temple = self.eye_y - (0.02 if st in ("long", "bob") else 0.12) * fh
+        outer = _arc(cx, cy - 0.02 * fh, v * 1.02 * fw, v * 1.04 * fh, np.pi, 2 * np.pi)
+        xs = np.linspace(1, -1, 40)
+        part = 0.35 if st == "sidepart" else 0.0  # lower fringe sweeping over one side
+        yh = cy - self.id.hairline * fh + part * fh * 0.3 * np.clip(-xs, 0, 1) ** 0.7
+        line = np.stack([cx + 0.97 * fw * xs, yh + (temple - yh) * np.abs(xs) ** 3], 1)
+        start, end = [(cx - v * 1.02 * fw, temple)], [(cx + v * 1.02 * fw, temple)]
+        cap = np.vstack([start, outer, end, line])
+        colour = hair * 0.55 + self.skin * 0.45 if st == "buzz" else self._hair_texture(hair, 15)
+        L.add(L.mask(cap), colour)
+
+    def _hair_texture(self, hair, salt):
+        """Flat hair colour with strands: thin lighter/darker curves (deterministic per identity)."""
+        img = np.empty((self.S, self.S, 3), np.float32)
+        img[:] = hair
+        rng = np.random.default_rng([int(self.fw * 1000), salt])
+        for _ in range(60):
+            x0, y0 = rng.uniform(self.cx - 1.5 * self.fw, self.cx + 1.5 * self.fw), \
+                rng.uniform(self.cy - 1.3 * self.fh, self.cy + 1.5 * self.fh)
+            t = np.linspace(0, 1, 12)
+            pts = np.stack([x0 + rng.uniform(-0.4, 0.4) * self.fw * t ** 1.5,
+                            y0 + rng.uniform(0.2, 0.8) * self.fh * t], 1)
+            _line(img, pts, np.clip(hair * rng.uniform(0.75, 1.3), 0, 255), self.ss * 0.6)
+        return img
+
+    def _beard(self, L, hair):
+        kind, (mx, my), B = self.id.beard, self.mouth, self.B
+        if kind in ("full", "stubble"):
+            y, x = np.mgrid[0:self.S, 0:self.S].astype(np.float32)
+            y0 = self.cy + 0.3 * self.fh - 0.45 * self.fh * ((x - self.cx) / self.fw) ** 2
+            region = np.clip((y - y0) / (0.08 * self.fh), 0, 1) * L.mask(self._face_outline(1.04))
+            L.add(region, hair * 0.9, 0.85 if kind == "full" else 0.3)
+        elif kind == "goatee":
+            L.add(L.mask(_arc(mx, my + 0.55 * B, 0.55 * B, 0.6 * B)), hair * 0.9, 0.9)
+
+    def _shade(self, L):
+        """Soft shadows (eye sockets, nose side, under chin), cheek blush and a key light."""
+        S, fw, fh, cx, cy = self.S, self.fw, self.fh, self.cx, self.cy
+        sig = 0.08 * fw
+        dark = np.zeros((S, S), np.uint8)
+        for s in (-1, 1):
+            _fill(dark, _arc(cx + s * self.id.eye_spacing * fw, self.eye_y, 1.3 * self.ew,
+                             1.7 * self.eh), (70,))
+        nose_y = cy + self.id.nose_len * fh
+        _fill(dark, [(cx + 0.05 * fw, self.eye_y), (cx + 0.12 * fw, self.eye_y),
+                     (cx + 0.2 * fw, nose_y), (cx + 0.08 * fw, nose_y)], (150,))
+        _fill(dark, _arc(cx, cy + 1.02 * fh, 0.5 * fw, 0.2 * fh), (255,))  # chin shadow on neck
+        dark = cv2.GaussianBlur(dark.astype(np.float32) / 255, (0, 0), sig)[..., None]
+        L.rgb *= 1 - 0.35 * dark
+        blush = np.zeros((S, S), np.float32)
+        for s in (-1, 1):
+            _fill(blush, _arc(cx + s * 0.55 * fw, cy + 0.25 * fh, 0.2 * fw, 0.13 * fw), (1.0,))
+        blush = cv2.GaussianBlur(blush, (0, 0), 2 * sig)[..., None] * self.face_mask[..., None]
+        L.rgb += blush * np.array([12, -8, -6], np.float32) * L.a[..., None]
+        y, x = np.mgrid[0:S, 0:S].astype(np.float32)
+        r2 = ((x - cx) / fw) ** 2 + ((y - cy) / fh) ** 2
+        light = 1.08 - 0.07 * (x - cx) / fw - 0.05 * (y - cy) / fh - 0.08 * r2
+        L.rgb = np.clip(L.rgb * np.clip(light, 0.65, 1.15)[..., None], 0, 255)
+
+    def _nose(self, L):
+        cx, ny, nw = self.cx, self.cy + self.id.nose_len * self.fh, self.id.nose_w * self.fw * 1.4
+        skin = L.rgb[int(ny), int(cx)]
+        for s in (-1, 1):
+            L.add(L.mask(_arc(cx + s * 0.42 * nw, ny + 0.02 * nw, 0.2 * nw, 0.1 * nw)), skin * 0.4)
+        ala = np.zeros(L.a.shape, np.uint8)
+        for s in (-1, 1):
+            _line(ala, _arc(cx + s * 0.45 * nw, ny - 0.05 * nw, 0.22 * nw, 0.25 * nw,
+                            np.pi * (0.8 if s < 0 else -0.2), np.pi * (1.5 if s < 0 else 0.5)),
+                  (255,), 0.05 * nw)
+        L.add(ala.astype(np.float32) / 255, skin * 0.7, 0.6)
+        L.add(L.mask(_arc(cx, ny - 0.2 * nw, 0.15 * nw, 0.12 * nw)), np.minimum(skin * 1.15, 255), 0.5)
+
+    def _eye_contours(self, s, n=24):
+        """Upper and lower lid contours (n, 2) of eye ``s`` (-1 image-left, +1 image-right)."""
+        ex = self.cx + s * self.id.eye_spacing * self.fw
+        u = np.linspace(-1, 1, n)
+        tilt = s * self.id.eye_tilt * u * self.ew  # outer corners up or down
+        xs = ex + u * self.ew
+        upper = self.eye_y - self.eh * (1 - u ** 2) ** 0.8 - tilt
+        lower = self.eye_y + 0.7 * self.eh * (1 - u ** 2) ** 1.1 - tilt
+        return np.stack([xs, upper], 1), np.stack([xs, lower], 1)
+
+    def _eyes(self, L):
+        self.lid_colour = []
+        r = min(self.eh * 1.05, self.ew * 0.45)
+        for s in (-1, 1):
+            up, lo = self._eye_contours(s)
+            ex = self.cx + s * self.id.eye_spacing * self.fw
+            self.lid_colour.append(L.rgb[int(self.eye_y - 1.6 * self.eh), int(ex)] * 0.93)
+            sclera = L.mask(np.vstack([up, lo[::-1]]))
+            L.add(sclera, (238, 236, 232))
+            ix, iy = ex + self.id.gaze[0] * self.ew * 0.4, self.eye_y + self.id.gaze[1] * self.eh * 0.3
+            L.add(L.mask(_arc(ix, iy, r, r)) * sclera, np.array(self.id.iris) * 0.6)
+            L.add(L.mask(_arc(ix, iy, 0.82 * r, 0.82 * r)) * sclera, self.id.iris)
+            L.add(L.mask(_arc(ix, iy, 0.4 * r, 0.4 * r)) * sclera, (15, 12, 12))
+            L.add(L.mask(_arc(ix + 0.3 * r, iy - 0.3 * r, 0.16 * r, 0.16 * r)) * sclera, (250, 250, 250))
+            crease = np.zeros(L.a.shape, np.uint8)
+            _line(crease, up + [0, -0.45 * self.eh], (255,), 0.015 * self.fw)
+            L.add(crease.astype(np.float32) / 255, self.lid_colour[-1] * 0.78)
+
+    def _overlay(self) -> _Layer:
+        L, (mx, my), B = _Layer(self.S), self.mouth, self.B
+        col, kind = np.array(self.id.glasses_colour), self.id.glasses
+        if kind != "none":
+            frame = np.zeros((self.S, self.S), np.uint8)
+            rx, ry, th = 1.45 * self.ew, 1.35 * self.ew * (0.8 if kind == "rect" else 1.0), 0.03 * self.fw
+            for s in (-1, 1):
+                gx = self.cx + s * self.id.eye_spacing * self.fw
+                lens = (_arc(gx, self.eye_y, rx, ry) if kind == "round" else
+                        [(gx - rx, self.eye_y - ry), (gx + rx, self.eye_y - ry),
+                         (gx + rx * 0.9, self.eye_y + ry), (gx - rx * 0.9, self.eye_y + ry)])
+                L.add(L.mask(lens), (235, 240, 245), 0.12)
+                _line(frame, np.vstack([lens, lens[:1]]), (255,), th)
+                _line(frame, [(gx + s * rx, self.eye_y - 0.6 * ry), (self.cx + s * 1.0 * self.fw,
+                                                                      self.eye_y)], (255,), th)
+            _line(frame, _arc(self.cx, self.eye_y, self.id.eye_spacing * self.fw - rx, 0.3 * ry,
+                              np.pi * 1.1, np.pi * 1.9), (255,), th)
+            L.add(frame.astype(np.float32) / 255, col)
+        if self.id.beard in ("full", "moustache", "goatee"):
+            top = [(mx - 1.05 * B, my - 0.02 * B), (mx - 0.5 * B, my - 0.42 * B), (mx, my - 0.36 * B),
+                   (mx + 0.5 * B, my - 0.42 * B), (mx + 1.05 * B, my - 0.02 * B),
+                   (mx + 0.5 * B, my - 0.2 * B), (mx, my - 0.16 * B), (mx - 0.5 * B, my - 0.2 * B)]
+            L.add(L.mask(top), np.array(self.id.brow_colour) * 1.1, 0.95)
+        return L
+
+    # ------------------------------------------------------------ per-frame parts
+    def _set_crop(self, person: _Layer, overlay: _Layer):
+        """Fix the redrawn box (multiple of ss) and cache the static layers at output size."""
+        ss, fw, (mx, my) = self.ss, self.fw, self.mouth
+        x0, x1 = self.cx - 1.05 * fw, self.cx + 1.05 * fw
+        y0 = self.eye_y - self.eh - 0.5 * fw  # above the highest raised brow
+        y1 = my + 1.2 * self.B  # below the lowest open lower lip
+        box = np.array([x0, y0, x1, y1]) / ss
+        box = np.concatenate([np.floor(box[:2]), np.ceil(box[2:])]).clip(0, self.size).astype(int)
+        self.crop = box  # output pixels: x0, y0, x1, y1
+        bx0, by0, bx1, by1 = box * ss
+        self._base = np.round(person.rgb[by0:by1, bx0:bx1]).astype(np.uint8)
+        self._ov_rgb = overlay.rgb[by0:by1, bx0:bx1].copy()
+        self._ov_a = overlay.a[by0:by1, bx0:bx1, None].copy()
+        self._has_overlay = bool(self._ov_a.max() > 0)
+        rgb = overlay.rgb + person.rgb * (1 - overlay.a[..., None])
+        a = overlay.a + person.a * (1 - overlay.a)
+        small = cv2.resize(np.dstack([rgb, a * 255]), (self.size, self.size),
+                           interpolation=cv2.INTER_AREA)
+        self._person_small = small.astype(np.float32)  # premultiplied RGB + alpha*255
+        self._origin = np.array([bx0, by0], np.float64)
+
+    def mouth_contours(self, openness, width, roundness):
+        """Upper-outer, upper-inner, lower-inner, lower-outer lip contours, each (n, 2)."""
+        (mx, my), B, k = self.mouth, self.B, self.id.lip_thick
+        w = B * (0.82 + 0.36 * width) * (1 - 0.38 * roundness)
+        gap = openness * B * 0.75 * (1 + 0.3 * roundness)
+        u = np.linspace(-1, 1, 25)
+        xs = mx + w * u
+        p = (1 - u ** 2) ** (0.9 - 0.4 * roundness)  # rounder opening when lips are rounded
+        corner = -self.id.smile * B * 0.1 * u ** 2 * (1 - roundness)  # corners up for a smile
+        up_in = my + corner - 0.25 * gap * p
+        lo_in = my + corner + 0.75 * gap * p
+        bow = 1 - 0.3 * np.exp(-(u / 0.13) ** 2)  # cupid's bow dip at the centre
+        thick = 1 + 0.45 * roundness  # pursed lips look fuller
+        up_out = up_in - B * 0.2 * k * thick * np.sqrt(1 - u ** 2) * bow
+        lo_out = lo_in + B * 0.27 * k * thick * (1 - u ** 2) ** 0.6
+        return [np.stack([xs, y], 1) for y in (up_out, up_in, lo_in, lo_out)]
+
+    def _draw_mouth(self, img, openness, width, roundness):
+        up_out, up_in, lo_in, lo_out = (c - self._origin for c in
+                                        self.mouth_contours(openness, width, roundness))
+        lip = np.array(self.id.lip_colour)
+        gap = lo_in[:, 1] - up_in[:, 1]
+        _line(img, lo_out + [0, 0.04 * self.B], self.skin * 0.75, 0.06 * self.B)  # lip shadow
+        if gap.max() > 0.02 * self.B:
+            _fill(img, np.vstack([up_in, lo_in[::-1]]), (55, 18, 24))  # mouth interior
+            mid = slice(4, 21)  # teeth span 70 % of the width, never outside the opening
+            tongue = np.stack([lo_in[mid, 0], lo_in[mid, 1] - np.minimum(0.2 * self.B, 0.5 * gap[mid])], 1)
+            _fill(img, np.vstack([lo_in[mid], tongue[::-1]]), (150, 60, 65))
+            teeth = np.stack([up_in[mid, 0], up_in[mid, 1] + np.minimum(0.17 * self.B, 0.8 * gap[mid])], 1)
+            _fill(img, np.vstack([up_in[mid], teeth[::-1]]), (236, 232, 222))
+        _fill(img, np.vstack([up_out, up_in[::-1]]), lip * 0.88)
+        _fill(img, np.vstack([lo_in, lo_out[::-1]]), lip)
+        hi = lo_in[8:17] + [0, 0.35 * (lo_out[8:17, 1] - lo_in[8:17, 1]).mean()]
+        _line(img, hi, np.minimum(lip * 1.25, 255), 0.05 * self.B)  # highlight on the lower lip
+        _line(img, up_in, lip * 0.45, max(self.ss * 0.5, 0.03 * self.B))  # line between the lips
+
+    def _draw_eyes_brows(self, img, blink, brow):
+        for k, s in enumerate((-1, 1)):
+            up, lo = (c - self._origin for c in self._eye_contours(s))
+            c = self.id.lid_rest + (1 - self.id.lid_rest) * blink
+            edge = up + c * (lo - up)
+            _fill(img, np.vstack([up + [0, -0.3 * self.eh], edge[::-1]]), self.lid_colour[k])
+            _line(img, edge, (30, 22, 22), 0.012 * self.S)  # lashes along the lid edge
+            _line(img, lo[3:-3], self.lid_colour[k] * 0.7, 0.004 * self.S)
+            ex = self.cx + s * self.id.eye_spacing * self.fw - self._origin[0]
+            u = np.linspace(-1, 1, 16)
+            y = (self.eye_y - self._origin[1] - self.eh - 0.14 * self.fw
+                 - self.id.brow_arch * self.fw * (1 - u ** 2) - brow * 0.06 * self.fh)
+            th = self.id.brow_thick * self.fw * (1 - 0.45 * (s * u + 1) / 2)  # thinner outside
+            xs = ex + 1.2 * self.ew * u
+            _fill(img, np.vstack([np.stack([xs, y - th / 2], 1), np.stack([xs, y + th / 2], 1)[::-1]]),
+                  self.id.brow_colour)
+
+    def render(self, openness=0.0, width=0.5, roundness=0.0, blink=0.0, brow=0.0,
+               offset=(0.0, 0.0)) -> np.ndarray:
+        """One (size, size, 3) uint8 RGB frame for the given face state."""
+        img = self._base.copy()
+        self._draw_eyes_brows(img, blink, brow)
+        self._draw_mouth(img, openness, width, roundness)
+        if self._has_overlay:
+            img = np.round(self._ov_rgb + img * (1 - self._ov_a)).astype(np.uint8)
+        x0, y0, x1, y1 = self.crop
+        person = self._person_small.copy()
+        person[y0:y1, x0:x1, :3] = cv2.resize(img, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
+        if offset[0] or offset[1]:
+            shift = np.float32([[1, 0, offset[0]], [0, 1, offset[1]]])
+            person = cv2.warpAffine(person, shift, (self.size, self.size), flags=cv2.INTER_LINEAR,
+                                    borderMode=cv2.BORDER_REPLICATE)
+        alpha = person[..., 3:] / 255.0
+        return np.clip(person[..., :3] + self.bg * (1 - alpha) + 0.5, 0, 255).astype(np.uint8)
+
+    def mouth_box(self, openness, width, roundness, offset=(0.0, 0.0), margin=1) -> np.ndarray:
+        """int (x0, y0, x1, y1) output-pixel box holding every pixel the mouth state touches.
+
+        x1, y1 are exclusive (``img[y0:y1, x0:x1]``); the box includes the shadow under the
+        lower lip and ``margin`` pixels for anti-aliasing and the sub-pixel head shift.
+        """
+        contours = self.mouth_contours(openness, width, roundness)
+        shadow = contours[3] + [0, 0.1 * self.B]
+        pts = np.vstack(contours + [shadow]) / self.ss + offset
+        lo, hi = np.floor(pts.min(0)) - margin, np.floor(pts.max(0)) + 1 + margin
+        return np.concatenate([lo, hi]).clip(0, self.size).astype(np.int32)
+
+
+def describe(ident: Identity) -> dict:
+    """JSON-ready identity parameters (for meta.json)."""
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(ident).items()}

@@ -1,0 +1,127 @@
+"""Shared training plumbing: accelerate set-up, safetensors checkpoints (model + optimizer), CSV
+logs, loss plots. Checkpoints never use pickle: optimizer tensors go to safetensors, the rest to JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--data", required=True, help="folder made by `python -m pipeline.data.synthetic`")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, log.csv, loss.png")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=200)
+    p.add_argument("--val-every", type=int, default=100)
+    p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave the default)")
+    return p
+
+
+def make_accelerator(args):
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    acc = Accelerator(mixed_precision=args.mixed_precision)
+    set_seed(args.seed, device_specific=False)
+    return acc
+
+
+def save_checkpoint(folder, model, optimizer, step: int, extra: dict | None = None, ema=None) -> None:
+    """folder/{model, optimizer, ema}.safetensors + state.json, written to a temp folder then renamed."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    osd = optimizer.state_dict()
+    tensors = {f"{i}.{k}": v.cpu() for i, st in osd["state"].items() for k, v in st.items() if torch.is_tensor(v)}
+    scalars = {f"{i}.{k}": v for i, st in osd["state"].items() for k, v in st.items() if not torch.is_tensor(v)}
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    if ema is not None:
+        save_file({k: v.detach().contiguous().cpu() for k, v in ema.state_dict().items()}, str(tmp / "ema.safetensors"))
+    meta = {"step": step, "param_groups": osd["param_groups"], "scalars": scalars, "extra": extra or {}}
+    (tmp / "state.json").write_text(json.dumps(meta))
+    if folder.exists():
+        for f in folder.iterdir():
+            f.unlink()
+        folder.rmdir()
+    tmp.rename(folder)
+
+
+def load_checkpoint(folder, model, optimizer=None, ema=None) -> dict:
+    """Restore what `save_checkpoint` wrote; returns state.json's dict (with 'step')."""
+    folder = Path(folder)
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    if ema is not None:
+        ema.load_state_dict(load_file(str(folder / "ema.safetensors")))
+    meta = json.loads((folder / "state.json").read_text())
+    if optimizer is not None:
+        state: dict = {}
+        for key, v in load_file(str(folder / "optimizer.safetensors")).items():
+            i, name = key.split(".", 1)
+            state.setdefault(int(i), {})[name] = v
+        for key, v in meta["scalars"].items():
+            i, name = key.split(".", 1)
+            state.setdefault(int(i), {})[name] = v
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return meta
+
+
+class CSVLog:
+    """Append-only CSV of losses (resumes cleanly: the header is written once)."""
+
+    def __init__(self, path, fields: list[str]):
+        self.path, self.fields = Path(path), ["step", "time"] + fields
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            with self.path.open("w", newline="") as f:
+                csv.writer(f).writerow(self.fields)
+        self.t0 = time.time()
+
+    def write(self, step: int, **values) -> None:
+        with self.path.open("a", newline="") as f:
+            row = [step, round(time.time() - self.t0, 2)] + [values.get(k, "") for k in self.fields[2:]]
+            csv.writer(f).writerow(row)
+
+
+def plot_log(csv_path, png_path, title: str) -> None:
+    """Loss curves (log scale) of every column of a CSVLog file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(Path(csv_path).open()))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in rows[0].keys() - {"step", "time"} if rows else []:
+        pts = [(int(r["step"]), float(r[key])) for r in rows if r[key] not in ("", None)]
+        if pts and all(v > 0 for _, v in pts):
+            ax.plot(*zip(*pts), label=key)
+    ax.set_yscale("log"), ax.set_xlabel("step"), ax.set_title(title), ax.legend()
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+
+
+def latest_checkpoint(out) -> Path | None:
+    ckpt = Path(out) / "checkpoint"
+    return ckpt if (ckpt / "state.json").exists() else None
+
+
+def list_clips(data) -> list[Path]:
+    clips = sorted(p for p in Path(data).glob("clip_*") if (p / "frames.npz").exists())
+    if not clips:
+        raise SystemExit(f"no clips in {data}: run `python -m pipeline.data.synthetic --out {data}` first")
+    return clips

@@ -1,0 +1,148 @@
+"""Train the A2V-DiT with the ANS asynchronous forward process (eq. 11-15) on cached latents.
+
+    python -m pipeline.train.cache latents --data data/train --vae runs/vae/vae --speech-ae runs/speech_ae/speech_ae
+    python -m pipeline.train.dit --data data/train --out runs/dit --steps 4000 \
+        --vae runs/vae/vae --speech-ae runs/speech_ae/speech_ae
+
+Each sample is [z_R, z_1 ... z_f]: a reference frame of the clip encoded alone, and f consecutive
+latent frames. Times are [0, t1, t2, ..., t2] with t1 < t2 (reference clean, motion frame less
+noisy); the audio and/or the reference are dropped at random so Joint- and Split-CFG work. The loss
+is the flow-matching velocity MSE on the clip frames. An EMA of the weights is what gets exported;
+with --vae and --speech-ae the run ends with a complete `TalkingHeadPipeline` in OUT/pipeline.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
+from ..config import get_preset
+from ..dit import A2VDiT
+from ..scheduler import add_noise, sample_async_timesteps, velocity_target
+from .common import CSVLog, base_parser, latest_checkpoint, list_clips, load_checkpoint, make_accelerator, plot_log, save_checkpoint
+
+
+class LatentWindows:
+    """Cached latents, reference latents and speech codes of every clip; random f-frame windows."""
+
+    def __init__(self, clips):
+        self.items = [load_file(str(d / "latents.safetensors")) for d in clips]
+
+    def batch(self, size: int, f: int, rng):
+        zs, refs, codes = [], [], []
+        for _ in range(size):
+            it = self.items[rng.integers(len(self.items))]
+            s = rng.integers(it["latents"].shape[1] - f + 1)
+            zs.append(it["latents"][:, s : s + f])
+            refs.append(it["refs"][rng.integers(len(it["refs"]))][:, None])
+            codes.append(it["codes"][s : s + f])
+        return torch.stack(zs), torch.stack(refs), torch.stack(codes)  # (B,C,f,h,w) (B,C,1,h,w) (B,f,M,Dc)
+
+
+def build(cfg) -> A2VDiT:
+    d = cfg.dit
+    return A2VDiT(d.in_channels, d.patch_size, d.hidden_size, d.depth, d.num_heads, d.mlp_ratio, d.audio_dim,
+                  d.text_dim, tuple(d.rope_axes))
+
+
+def ans_loss(model, z, ref, codes, t, noise, drop_audio, drop_ref):
+    """Velocity MSE under the asynchronous schedule t (B, 1+f); the reference is never noised."""
+    x0 = torch.cat([ref, z], dim=2)  # (B, C, 1+f, h, w)
+    xt = add_noise(x0, noise, t)
+    v = model(xt, t, codes, drop_audio=drop_audio, drop_ref=drop_ref)
+    return F.mse_loss(v[:, :, 1:].float(), velocity_target(x0, noise)[:, :, 1:])
+
+
+def main(argv=None):
+    p = base_parser("Train the A2V-DiT with ANS")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--p-drop-audio", type=float, default=0.2)
+    p.add_argument("--p-drop-ref", type=float, default=0.1)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--vae", help="trained VAE folder: export a full pipeline at the end")
+    p.add_argument("--speech-ae", help="trained SpeechAE folder: export a full pipeline at the end")
+    args = p.parse_args(argv)
+    acc = make_accelerator(args)
+    cfg = get_preset(args.preset)
+    f, sc = cfg.sampling.clip_latent_frames, cfg.sampling
+    dit = build(cfg).train()
+    ema = copy.deepcopy(dit).requires_grad_(False)
+    opt = torch.optim.AdamW(dit.parameters(), lr=args.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup))
+    ckpt = latest_checkpoint(args.out)
+    start = load_checkpoint(ckpt, dit, opt, ema)["step"] if ckpt else 0
+    sched.last_epoch = start
+    model, opt = acc.prepare(dit, opt)
+    data = LatentWindows(list_clips(args.data))
+    rng = np.random.default_rng(args.seed + 1000 * start + acc.process_index)
+    gen = torch.Generator().manual_seed(args.seed + 7919 * start + acc.process_index)
+    val = validation_batch(data, f, sc)
+    log = CSVLog(f"{args.out}/log.csv", ["loss", "lr", "val_loss", "val_loss_noaudio"])
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=not acc.is_main_process)
+    for step in bar:
+        z, ref, codes = (x.to(acc.device) for x in data.batch(args.batch_size, f, rng))
+        B = z.shape[0]
+        t = sample_async_timesteps(B, f, sc.train_mu, sc.train_sigma, generator=gen).to(acc.device)
+        noise = torch.randn((B,) + z.shape[1:2] + (f + 1,) + z.shape[3:], generator=gen).to(acc.device)
+        drop_a = torch.rand(B, generator=gen).to(acc.device) < args.p_drop_audio
+        drop_r = torch.rand(B, generator=gen).to(acc.device) < args.p_drop_ref
+        with acc.autocast():
+            loss = ans_loss(model, z, ref, codes, t, noise, drop_a, drop_r)
+        acc.backward(loss)
+        acc.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), dit.parameters()):
+                pe.lerp_(pm, 1 - args.ema)
+        row = dict(loss=loss.item(), lr=sched.get_last_lr()[0])
+        if (step + 1) % args.val_every == 0 and acc.is_main_process:
+            row.update(validate(ema, val))
+            bar.set_postfix(loss=f"{row['val_loss']:.4f}", noaudio=f"{row['val_loss_noaudio']:.4f}")
+        if acc.is_main_process:
+            log.write(step + 1, **row)
+        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                save_checkpoint(f"{args.out}/checkpoint", dit, opt, step + 1, ema=ema)
+    if acc.is_main_process:
+        ema.save_pretrained(f"{args.out}/dit")
+        plot_log(f"{args.out}/log.csv", f"{args.out}/loss.png", "A2V-DiT (ANS)")
+        if args.vae and args.speech_ae:
+            export(cfg, args.vae, args.speech_ae, ema, f"{args.out}/pipeline")
+
+
+def validation_batch(data, f, sc):
+    """A fixed batch with fixed times and noise, so val_loss curves are comparable across steps."""
+    z, ref, codes = data.batch(16, f, np.random.default_rng(123))
+    g = torch.Generator().manual_seed(123)
+    t = sample_async_timesteps(16, f, sc.train_mu, sc.train_sigma, generator=g)
+    noise = torch.randn((16,) + z.shape[1:2] + (f + 1,) + z.shape[3:], generator=g)
+    return z, ref, codes, t, noise
+
+
+@torch.no_grad()
+def validate(model, val):
+    z, ref, codes, t, noise = val
+    no, yes = torch.zeros(len(z), dtype=torch.bool), torch.ones(len(z), dtype=torch.bool)
+    return dict(val_loss=ans_loss(model, z, ref, codes, t, noise, no, no).item(),
+                val_loss_noaudio=ans_loss(model, z, ref, codes, t, noise, yes, no).item())
+
+
+def export(cfg, vae_dir, speech_ae_dir, dit, out):
+    from diffusers import AutoencoderKLLTXVideo
+
+    from ..pipeline import TalkingHeadPipeline
+    from ..speech import SpeechAE
+
+    pipe = TalkingHeadPipeline(AutoencoderKLLTXVideo.from_pretrained(vae_dir), SpeechAE.from_pretrained(speech_ae_dir),
+                               copy.deepcopy(dit), cfg)
+    pipe.save_pretrained(out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""Tiny components built in code (diffusers' get_dummy_components habit): seconds on a CPU."""
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import DiTConfig, PipelineConfig, SamplingConfig, SpeechConfig, VAEConfig
+
+torch.set_num_threads(2)
+
+SMALL_VAE = dict(
+    latent_channels=16, block_out_channels=(8, 8, 16, 16), decoder_block_out_channels=(8, 8, 16, 16),
+    layers_per_block=(1, 1, 1, 1, 1), decoder_layers_per_block=(1, 1, 1, 1, 1),
+    spatio_temporal_scaling=(True, True, True, False), decoder_spatio_temporal_scaling=(True, True, True, False),
+    patch_size=4, patch_size_t=1, timestep_conditioning=False, encoder_causal=True, decoder_causal=False,
+)
+
+
+def small_config(**sampling) -> PipelineConfig:
+    return PipelineConfig(
+        preset="test", height=64, width=64, max_seconds=20.0,
+        vae=VAEConfig(kwargs=dict(SMALL_VAE)),
+        speech=SpeechConfig(context_frames=1, hidden_dim=16, num_tokens=2, code_dim=8),
+        dit=DiTConfig(in_channels=16, hidden_size=32, depth=1, num_heads=2, audio_dim=8, rope_axes=(4, 4, 8)),
+        sampling=SamplingConfig(num_inference_steps=2, clip_latent_frames=3, **sampling),
+    )
+
+
+def randomize(module, std=0.2, seed=0):
+    """Give every parameter random values (zero-initialised layers would hide behaviour)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+    return module
+
+
+@pytest.fixture(scope="session")
+def small_pipe():
+    from pipeline.pipeline import TalkingHeadPipeline
+
+    pipe = TalkingHeadPipeline.from_config(small_config(), seed=0)
+    randomize(pipe.dit, seed=1)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def speech_wav():
+    """A real spoken sentence (espeak-ng), 16 kHz mono."""
+    import soundfile as sf
+
+    from pipeline.media import resample
+
+    wav, sr = sf.read("tests/data/speech_hello.wav", dtype="float32")
+    return resample(wav, sr)
+
+
+@pytest.fixture
+def portrait():
+    rng = np.random.default_rng(0)
+    return (rng.random((90, 70, 3)) * 255).astype(np.uint8)

@@ -1,0 +1,85 @@
+"""A2V-DiT invariants: adaLN-Zero identity at init, frame-local audio attention, per-token time."""
+import torch
+
+from pipeline.dit import A2VDiT, DiTBlock, rope_3d
+
+from .conftest import randomize
+
+
+def _dit(**kw):
+    return A2VDiT(in_channels=4, hidden_size=16, depth=2, num_heads=2, audio_dim=6, rope_axes=(2, 2, 4), **kw)
+
+
+def _inputs(B=2, F=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, 4, F, 2, 2, generator=g), torch.rand(B, F, generator=g), torch.randn(B, F - 1, 3, 6, generator=g)
+
+
+def test_adaln_zero_block_is_identity_at_init():
+    dit = _dit()
+    block = dit.blocks[0]
+    x = torch.randn(2, 16, 16)  # (B, S, D): 4 frames of 4 tokens
+    mod = dit.t_mod(torch.randn(2, 16, 16)).unflatten(-1, (6, -1))  # zero-initialised -> zeros
+    audio = torch.randn(2 * 3, 3, 16)
+    out = block(x, mod, audio, 4, rope_3d(4, 2, 2, (2, 2, 4), "cpu"))
+    assert torch.equal(out, x)
+    # and the whole model predicts zero velocity at init, whatever the input
+    assert torch.count_nonzero(dit(*_inputs())) == 0
+
+
+def test_output_shape_and_patchify_roundtrip():
+    dit = randomize(A2VDiT(in_channels=4, patch_size=2, hidden_size=16, depth=1, num_heads=2, audio_dim=6, rope_axes=(2, 2, 4)))
+    x = torch.randn(2, 4, 3, 4, 6)
+    assert torch.equal(dit.unpatchify(dit.patchify(x), 3, 4, 6), x)
+    assert dit(x, torch.rand(2), torch.randn(2, 2, 3, 6)).shape == x.shape
+
+
+def test_audio_cross_attention_is_frame_local():
+    dit = randomize(_dit())
+    x, t, audio = _inputs()
+    with torch.no_grad():
+        base = dit(x, t, audio)
+        changed = audio.clone()
+        changed[:, 1] += 3.0  # codes of clip frame 1 = latent frame 2 of the sequence
+        # one block: only the tokens of that frame may change
+        one = randomize(A2VDiT(in_channels=4, hidden_size=16, depth=1, num_heads=2, audio_dim=6, rope_axes=(2, 2, 4)))
+        d = (one(x, t, changed) - one(x, t, audio)).abs().sum(dim=(0, 1, 3, 4))  # per frame
+    assert d[2] > 1e-3 and d[0] == 0 and d[1] == 0 and d[3] == 0
+    with torch.no_grad():  # deeper models mix frames through self-attention, as they should
+        assert not torch.equal(dit(x, t, changed), base)
+
+
+def test_per_token_timesteps_broadcast():
+    dit = randomize(_dit())
+    x, _, audio = _inputs()
+    t = torch.tensor([[0.0, 0.2, 0.7, 0.7], [0.0, 0.5, 0.9, 0.9]])
+    with torch.no_grad():
+        per_frame = dit(x, t, audio)
+        per_token = dit(x, t.repeat_interleave(4, dim=1), audio)
+        scalar = dit(x, torch.tensor([0.3, 0.3]), audio)
+        scalar_frames = dit(x, torch.full((2, 4), 0.3), audio)
+    assert torch.allclose(per_frame, per_token) and torch.allclose(scalar, scalar_frames)
+
+
+def test_condition_dropout_removes_the_condition():
+    dit = randomize(_dit())
+    x, t, audio = _inputs()
+    yes = torch.tensor([True, True])
+    with torch.no_grad():
+        a = dit(x, t, audio, drop_audio=yes)
+        b = dit(x, t, audio * 5 + 1, drop_audio=yes)
+        x2 = x.clone()
+        x2[:, :, 0] += 2.0  # another reference
+        c = dit(x, t, audio, drop_ref=yes)
+        d = dit(x2, t, audio, drop_ref=yes)
+        e = dit(x2, t, audio)
+    assert torch.allclose(a, b)  # audio dropped: codes do not matter
+    assert torch.allclose(c, d)  # reference dropped: its latent does not matter
+    assert not torch.allclose(c, e)
+
+
+def test_text_tokens_take_part_in_attention():
+    dit = randomize(_dit(text_dim=5))
+    x, t, audio = _inputs()
+    with torch.no_grad():
+        assert not torch.allclose(dit(x, t, audio, text=torch.randn(2, 3, 5)), dit(x, t, audio, text=torch.randn(2, 3, 5)))

@@ -1,0 +1,55 @@
+"""LTX VAE: 1+8k frames <-> 1+k latents, and seamless clip-by-clip decoding."""
+import pytest
+import torch
+
+from pipeline import vae as vae_lib
+from pipeline.config import VAEConfig
+
+from .conftest import SMALL_VAE
+
+
+@pytest.fixture(scope="module")
+def vae():
+    torch.manual_seed(0)
+    return vae_lib.build_vae(VAEConfig(kwargs=dict(SMALL_VAE))).eval()
+
+
+@pytest.mark.parametrize("k", [0, 1, 3])
+def test_frames_latents_roundtrip_shapes(vae, k):
+    x = torch.rand(1, 3, 1 + 8 * k, 64, 64) * 2 - 1
+    z = vae_lib.encode(vae, x)
+    assert z.shape == (1, 16, 1 + k, 2, 2)
+    assert vae_lib.decode(vae, z).shape == x.shape
+    assert vae_lib.latent_frames(1 + 8 * k) == 1 + k and vae_lib.video_frames(1 + k) == 1 + 8 * k
+
+
+def test_reference_image_is_a_one_frame_video(vae):
+    img = torch.rand(2, 3, 64, 64) * 2 - 1
+    assert vae_lib.encode_image(vae, img).shape == (2, 16, 1, 2, 2)
+    # causal encoder: the first frame of a video encodes like the image alone
+    video = torch.cat([img[:, :, None], torch.rand(2, 3, 8, 64, 64)], dim=2)
+    assert torch.allclose(vae_lib.encode(vae, video)[:, :, :1], vae_lib.encode_image(vae, img), atol=1e-5)
+
+
+def test_latent_normalisation_uses_the_vae_buffers(vae):
+    z = torch.randn(1, 16, 2, 2, 2)
+    vae.latents_mean.fill_(0.5), vae.latents_std.fill_(2.0)
+    try:
+        assert torch.allclose(vae_lib.normalize(vae, z), (z - 0.5) / 2.0)
+        assert torch.allclose(vae_lib.denormalize(vae, vae_lib.normalize(vae, z)), z, atol=1e-6)
+    finally:
+        vae.latents_mean.zero_(), vae.latents_std.fill_(1.0)
+
+
+def test_streaming_decode_bookkeeping(vae):
+    """Every frame exactly once, in order; with enough context and look-ahead it *is* one-shot decoding."""
+    torch.manual_seed(1)
+    z = torch.randn(1, 16, 13, 2, 2)  # 3 clips of 5 latent frames overlapping by one
+    full = vae_lib.decode(vae, z)
+    for context, lookahead in [(1, 0), (2, 1), (13, 0)]:
+        dec = vae_lib.StreamingDecoder(vae, context=context, lookahead=lookahead)
+        parts = [dec.push(z[:, :, :5]), dec.push(z[:, :, 5:9]), dec.push(z[:, :, 9:], final=True)]
+        streamed = torch.cat([p for p in parts if p is not None], dim=2)
+        assert streamed.shape == full.shape, (context, lookahead)
+    # last push decodes everything with full left context -> its frames equal one-shot's
+    assert torch.allclose(parts[-1], full[:, :, -parts[-1].shape[2]:], atol=1e-5)
