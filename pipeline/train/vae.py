@@ -2,7 +2,9 @@
 
     python -m pipeline.train.vae --data data/train --out runs/vae --steps 3000
 
-Loss: L1 + MSE on pixels, an extra L1 on the mouth box (the detail lip-sync lives in) and a small
+The first steps train on single frames (one-frame videos, 4x the batch), which leaves the
+initial mean-image plateau far sooner than video windows do; then on (1 + 8k)-frame windows.
+Loss: MSE + a little L1 on pixels, an extra L1 on the mouth box (the detail lip-sync lives in) and a small
 KL. Validation reports PSNR of the whole frame and of the mouth box separately. At the end the
 latent statistics are written into the VAE's own `latents_mean` / `latents_std` buffers and the
 VAE is saved with `save_pretrained` in `OUT/vae`.
@@ -64,7 +66,9 @@ def main(argv=None):
     p = base_parser("Train the tiny LTX VAE")
     p.add_argument("--preset", default="tiny")
     p.add_argument("--frames", type=int, default=17, help="frames per training window (1 + 8k)")
-    p.add_argument("--mouth-weight", type=float, default=2.0)
+    p.add_argument("--mouth-weight", type=float, default=1.0)
+    p.add_argument("--l1-weight", type=float, default=0.2)
+    p.add_argument("--image-steps", type=int, default=600, help="first steps on single frames (4x batch)")
     p.add_argument("--kl-weight", type=float, default=1e-6)
     args = p.parse_args(argv)
     acc = make_accelerator(args)
@@ -79,13 +83,14 @@ def main(argv=None):
     log = CSVLog(f"{args.out}/log.csv", ["loss", "l1", "mouth_l1", "kl", "val_psnr", "val_mouth_psnr"])
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=not acc.is_main_process)
     for step in bar:
-        x, m = sample_batch(clips, args.batch_size, args.frames, rng)
+        image_phase = step < args.image_steps  # images first: leaves the mean-image plateau far sooner
+        x, m = sample_batch(clips, args.batch_size * (4 if image_phase else 1), 1 if image_phase else args.frames, rng)
         x, m = x.to(acc.device), m.to(acc.device)
         with acc.autocast():
             rec, kl = model(x)
         l1 = (rec - x).abs().mean()
         mouth = ((rec - x).abs() * m).sum() / (m.sum() * 3 + 1)
-        loss = l1 + F.mse_loss(rec, x) + args.mouth_weight * mouth + args.kl_weight * kl
+        loss = F.mse_loss(rec, x) + args.l1_weight * l1 + args.mouth_weight * mouth + args.kl_weight * kl
         acc.backward(loss)
         acc.clip_grad_norm_(model.parameters(), 1.0)
         opt.step(), opt.zero_grad(set_to_none=True)

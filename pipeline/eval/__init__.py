@@ -1,0 +1,1 @@
+"""Evaluation: the synthetic-domain metrics (`synthetic`), the mouth reader (`mouth`)."""

@@ -1,0 +1,118 @@
+"""End to end through TalkingHeadPipeline with small random components and the real Whisper."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import FPS, SAMPLE_RATE
+from pipeline.errors import InputError
+from pipeline.media import probe, write_mp4
+from pipeline.pipeline import TalkingHeadPipeline
+
+
+def test_output_length_matches_audio(small_pipe, portrait, speech_wav):
+    out = small_pipe(portrait, speech_wav, progress=False)
+    expect = round(len(speech_wav) / SAMPLE_RATE * FPS)
+    assert abs(len(out.frames) - expect) <= 1
+    assert out.frames.shape[1:] == (64, 64, 3) and out.frames.dtype == np.uint8
+    assert len(out.audio) == len(out.frames) * SAMPLE_RATE // FPS
+
+
+def test_stream_equals_call_and_same_seed_same_video(small_pipe, portrait, speech_wav):
+    clips = list(small_pipe.stream(portrait, speech_wav, seed=3, progress=False))
+    assert len(clips) > 1 and [c.index for c in clips] == sorted(c.index for c in clips)
+    assert all(c.start_frame == sum(len(p.frames) for p in clips[:i]) for i, c in enumerate(clips))
+    whole = small_pipe(portrait, speech_wav, seed=3, progress=False)
+    assert np.array_equal(np.concatenate([c.frames for c in clips]), whole.frames)
+    assert np.array_equal(np.concatenate([c.audio for c in clips]), whole.audio)
+    other = small_pipe(portrait, speech_wav, seed=4, progress=False)
+    assert not np.array_equal(other.frames, whole.frames)
+    g = torch.Generator().manual_seed(3)
+    assert np.array_equal(small_pipe(portrait, speech_wav, generator=g, progress=False).frames, whole.frames)
+
+
+def test_save_load_roundtrip_identical(small_pipe, portrait, speech_wav, tmp_path):
+    small_pipe.save_pretrained(tmp_path / "model")
+    assert not list((tmp_path / "model").rglob("*.bin")) and list((tmp_path / "model").rglob("*.safetensors"))
+    loaded = TalkingHeadPipeline.from_pretrained(tmp_path / "model")
+    as_json = lambda c: json.loads(json.dumps(c.to_dict()))  # noqa: E731 (tuples come back as lists)
+    assert as_json(loaded.config) == as_json(small_pipe.config)
+    a = small_pipe(portrait, speech_wav[:16000], cfg_mode="joint", num_inference_steps=2, progress=False).frames
+    b = loaded(portrait, speech_wav[:16000], cfg_mode="joint", num_inference_steps=2, progress=False).frames
+    assert np.array_equal(a, b)
+
+
+def test_mp4_has_h264_aac_and_all_frames(small_pipe, portrait, speech_wav, tmp_path):
+    out = small_pipe(portrait, speech_wav, progress=False)
+    path = write_mp4(tmp_path / "out.mp4", out.frames, out.audio, out.sample_rate, out.fps)
+    info = probe(path)
+    assert info["video"] == "h264" and info["audio"] == "aac" and info["frames"] == len(out.frames)
+
+
+@pytest.mark.parametrize("kind", ["rgba", "gray", "16bit", "huge", "float"])
+def test_unusual_images_work(small_pipe, speech_wav, kind, tmp_path):
+    import cv2
+
+    rng = np.random.default_rng(0)
+    img = {
+        "rgba": (rng.random((80, 60, 4)) * 255).astype(np.uint8),
+        "gray": (rng.random((80, 60)) * 255).astype(np.uint8),
+        "16bit": (rng.random((80, 60, 3)) * 65535).astype(np.uint16),
+        "huge": np.full((5000, 4500, 3), 128, np.uint8),
+        "float": rng.random((64, 64, 3)).astype(np.float32),
+    }[kind]
+    if kind in ("rgba", "16bit", "gray"):  # through a real file too
+        path = tmp_path / "img.png"
+        cv2.imwrite(str(path), img)
+        img = str(path)
+    x, crop, _ = small_pipe.preprocess_image(img)
+    assert x.shape == (1, 3, 64, 64) and crop.shape == (64, 64, 3) and x.min() >= -1 and x.max() <= 1
+
+
+def test_stereo_any_rate_and_formats(small_pipe, speech_wav, tmp_path):
+    import soundfile as sf
+
+    from pipeline.media import resample
+
+    stereo44 = np.stack([resample(speech_wav, 16000, 44100)] * 2, axis=1)
+    for name, fmt in [("a.wav", "WAV"), ("a.flac", "FLAC"), ("a.ogg", "OGG"), ("a.mp3", "MP3")]:
+        sf.write(str(tmp_path / name), stereo44, 44100, format=fmt)
+        wav = small_pipe.load_audio(tmp_path / name)
+        assert abs(len(wav) - len(speech_wav)) < 0.03 * SAMPLE_RATE, name  # mp3 adds codec padding
+    assert len(small_pipe.load_audio((22050, (speech_wav[:22050] * 32767).astype(np.int16)))) == 16000
+
+
+BAD_PARAMS = [
+    dict(num_inference_steps=0), dict(num_inference_steps=-3), dict(num_inference_steps=2.5),
+    dict(num_inference_steps=10_000), dict(cfg_mode="both"), dict(alpha=float("nan")), dict(alpha=-1.0),
+    dict(beta=1e9), dict(shift=0.0), dict(seed=-1), dict(clip_latent_frames=1),
+]
+
+
+@pytest.mark.parametrize("kw", BAD_PARAMS, ids=lambda kw: f"{list(kw)[0]}={list(kw.values())[0]}")
+def test_bad_parameters_name_the_problem(small_pipe, portrait, speech_wav, kw):
+    with pytest.raises(InputError, match=list(kw)[0].split("_")[0]):
+        list(small_pipe.stream(portrait, speech_wav, progress=False, **kw))
+
+
+def test_bad_files(small_pipe, portrait, speech_wav, tmp_path):
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "junk.wav").write_bytes(b"RIFF\x00\x00junk" * 10)
+    (tmp_path / "junk.png").write_bytes(b"not an image at all")
+    cases = [
+        (portrait, tmp_path / "missing.wav", "not found"),
+        (portrait, tmp_path / "empty.wav", "empty"),
+        (portrait, tmp_path / "junk.wav", "cannot read"),
+        (tmp_path / "missing.png", speech_wav, "not found"),
+        (tmp_path / "junk.png", speech_wav, "cannot read"),
+        (portrait, np.zeros(0, np.float32), "no samples"),
+        (portrait, np.zeros(300, np.float32), "shorter than one video frame"),
+        (portrait, np.full(16000, np.nan, np.float32), "NaN"),
+        (portrait, np.zeros(16000 * 21, np.float32), "limit"),
+        (None, speech_wav, "no portrait"),
+        (portrait, None, "no speech"),
+    ]
+    for image, audio, words in cases:
+        with pytest.raises(InputError, match=words):
+            small_pipe(image, audio, progress=False)
