@@ -25,6 +25,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--val-every", type=int, default=100)
     p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave the default)")
+    p.add_argument("--save-rank-params", action="store_true",
+                   help="each process writes its final parameters to OUT/rank<i>.safetensors (multi-process check)")
     return p
 
 
@@ -34,7 +36,8 @@ def make_accelerator(args):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    acc = Accelerator(mixed_precision=args.mixed_precision)
+    # accelerate only sets up multi-process CPU training (gloo) when told it runs on the CPU
+    acc = Accelerator(mixed_precision=args.mixed_precision, cpu=not torch.cuda.is_available())
     set_seed(args.seed, device_specific=False)
     return acc
 
@@ -113,6 +116,12 @@ def plot_log(csv_path, png_path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
+
+
+def save_rank_params(acc, model, args) -> None:
+    if args.save_rank_params:
+        params = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(params, f"{args.out}/rank{acc.process_index}.safetensors")
 
 
 def latest_checkpoint(out) -> Path | None:

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from ..config import get_preset
 from ..dit import A2VDiT
 from ..scheduler import add_noise, sample_async_timesteps, velocity_target
-from .common import CSVLog, base_parser, latest_checkpoint, list_clips, load_checkpoint, make_accelerator, plot_log, save_checkpoint
+from .common import (CSVLog, base_parser, latest_checkpoint, list_clips, load_checkpoint, make_accelerator, plot_log,
+                     save_checkpoint, save_rank_params)
 
 
 class LatentWindows:
@@ -109,6 +110,7 @@ def main(argv=None):
             acc.wait_for_everyone()
             if acc.is_main_process:
                 save_checkpoint(f"{args.out}/checkpoint", dit, opt, step + 1, ema=ema)
+    save_rank_params(acc, dit, args)
     if acc.is_main_process:
         ema.save_pretrained(f"{args.out}/dit")
         plot_log(f"{args.out}/log.csv", f"{args.out}/loss.png", "A2V-DiT (ANS)")

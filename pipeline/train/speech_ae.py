@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 from ..config import get_preset
 from ..speech import SpeechAE, speech_ae_loss
 from .cache import speech_windows
-from .common import CSVLog, base_parser, latest_checkpoint, list_clips, load_checkpoint, make_accelerator, plot_log, save_checkpoint
+from .common import (CSVLog, base_parser, latest_checkpoint, list_clips, load_checkpoint, make_accelerator, plot_log,
+                     save_checkpoint, save_rank_params)
 
 
 class SpeechWindows:
@@ -84,6 +85,7 @@ def main(argv=None):
             acc.wait_for_everyone()
             if acc.is_main_process:
                 save_checkpoint(f"{args.out}/checkpoint", ae, opt, step + 1)
+    save_rank_params(acc, ae, args)
     if acc.is_main_process:
         ae.save_pretrained(f"{args.out}/speech_ae")
         plot_log(f"{args.out}/log.csv", f"{args.out}/loss.png", "SpeechAE")

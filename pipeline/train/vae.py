@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from ..config import get_preset
 from ..vae import build_vae, encode
-from .common import CSVLog, base_parser, latest_checkpoint, list_clips, load_checkpoint, make_accelerator, plot_log, save_checkpoint
+from .common import (CSVLog, base_parser, latest_checkpoint, list_clips, load_checkpoint, make_accelerator, plot_log,
+                     save_checkpoint, save_rank_params)
 
 
 def load_clips(data, limit=None):
@@ -48,13 +49,14 @@ def sample_batch(clips, batch, frames, rng):
 class VAEObjective(torch.nn.Module):
     """One forward for reconstruction and KL, so DDP sees (and syncs) the whole computation."""
 
-    def __init__(self, vae):
+    def __init__(self, vae, sample: bool = True):
         super().__init__()
-        self.vae = vae
+        self.vae, self.sample = vae, sample
 
     def forward(self, x):
         post = self.vae.encode(x).latent_dist
-        return self.vae.decode(post.sample()).sample, post.kl().mean()
+        z = post.sample() if self.sample else post.mode()
+        return self.vae.decode(z).sample, post.kl().mean()
 
 
 def psnr(a, b, mask=None):
@@ -68,15 +70,23 @@ def main(argv=None):
     p.add_argument("--frames", type=int, default=17, help="frames per training window (1 + 8k)")
     p.add_argument("--mouth-weight", type=float, default=1.0)
     p.add_argument("--l1-weight", type=float, default=0.2)
+    p.add_argument("--init-from", help="checkpoint folder to start from (weights only)")
+    p.add_argument("--freeze-encoder", action="store_true", help="train the decoder only, on posterior means")
+    p.add_argument("--deterministic", action="store_true", help="decode the posterior mean (no sampling noise)")
     p.add_argument("--image-steps", type=int, default=600, help="first steps on single frames (4x batch)")
     p.add_argument("--kl-weight", type=float, default=1e-6)
     args = p.parse_args(argv)
     acc = make_accelerator(args)
     cfg = get_preset(args.preset)
     vae = build_vae(cfg.vae)
-    opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, weight_decay=0.0)
+    if args.init_from:  # weights only (no optimizer): e.g. continue a run with the encoder frozen
+        load_checkpoint(args.init_from, vae)
+    if args.freeze_encoder:  # latents stay exactly as cached for the DiT; only the decoder improves
+        vae.encoder.requires_grad_(False)
+        args.deterministic, args.image_steps = True, 0
+    opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
     start = load_checkpoint(latest_checkpoint(args.out), vae, opt)["step"] if latest_checkpoint(args.out) else 0
-    model, opt = acc.prepare(VAEObjective(vae), opt)
+    model, opt = acc.prepare(VAEObjective(vae, sample=not args.deterministic), opt)
     clips = load_clips(args.data)
     rng = np.random.default_rng(args.seed + 1000 * start + acc.process_index)
     val_x, val_m = sample_batch(clips[: max(1, len(clips) // 20)], 4, args.frames, np.random.default_rng(123))
@@ -104,6 +114,7 @@ def main(argv=None):
             acc.wait_for_everyone()
             if acc.is_main_process:
                 save_checkpoint(f"{args.out}/checkpoint", vae, opt, step + 1)
+    save_rank_params(acc, vae, args)
     if acc.is_main_process:
         finish(vae, clips, args)
 
