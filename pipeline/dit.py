@@ -170,14 +170,22 @@ class A2VDiT(ModelMixin, ConfigMixin):
         x = x.reshape(x.shape[0], Fr, H // p, W // p, C, p, p).permute(0, 4, 1, 2, 5, 3, 6)
         return x.reshape(x.shape[0], C, Fr, H, W)
 
-    def token_timesteps(self, t, B, Fr, n):
-        """(B,), (B, F) or (B, S) timesteps -> (B, S) per token."""
+    def conditioning(self, t, B, Fr, n):
+        """Timestep embedding c and block modulation for every token, from a (B,), (B, F) or (B, S) t.
+
+        ANS times are constant within a latent frame, so when they are given per frame (or are
+        constant per frame) the embedding runs per frame and is repeated over its n tokens.
+        """
         t = t.reshape(B, -1) if t.dim() > 0 else t.expand(B)[:, None]
+        if t.shape[1] == Fr * n and torch.equal(t, t[:, ::n].repeat_interleave(n, dim=1)):
+            t = t[:, ::n]
         if t.shape[1] == 1:
-            return t.expand(B, Fr * n)
-        if t.shape[1] == Fr:
-            return t.repeat_interleave(n, dim=1)
-        return t
+            t = t.expand(B, Fr)
+        c = self.t_embed(timestep_embedding(t, 256))  # (B, F or S, D)
+        mod, out = self.t_mod(c).unflatten(-1, (6, -1)), self.t_out(c).unflatten(-1, (2, -1))
+        if t.shape[1] == Fr:  # per frame -> per token
+            mod, out = mod.repeat_interleave(n, dim=1), out.repeat_interleave(n, dim=1)
+        return mod, out  # (B, S, 6, D), (B, S, 2, D)
 
     def forward(self, latents, timestep, audio, drop_audio=None, drop_ref=None, text=None):
         """latents (B, C, F, H, W) with the reference at F=0; audio codes (B, F-1, M, Da) for the
@@ -195,13 +203,11 @@ class A2VDiT(ModelMixin, ConfigMixin):
         if drop_audio is not None:
             audio = torch.where(drop_audio[:, None, None, None], self.null_audio.expand_as(audio), audio)
         a = self.audio_proj(audio).flatten(0, 1)  # (B*(F-1), M, D)
-        t = self.token_timesteps(timestep, B, Fr, n)  # (B, S)
-        c = self.t_embed(timestep_embedding(t, 256))  # (B, S, D)
-        mod = self.t_mod(c).unflatten(-1, (6, -1))  # (B, S, 6, D)
+        mod, mod_out = self.conditioning(timestep, B, Fr, n)  # (B, S, 6, D), (B, S, 2, D)
         rope = rope_3d(Fr, H // p, W // p, self.config.rope_axes, x.device)
         txt = self.text_proj(text) if (text is not None and self.text_proj is not None) else None
         for block in self.blocks:
             x = block(x, mod, a, n, rope, txt)
-        shift, scale = (self.t_out(c).unflatten(-1, (2, -1)) + self.out_table).unbind(dim=2)
+        shift, scale = (mod_out + self.out_table).unbind(dim=2)
         x = self.proj_out(modulate(self.norm_out(x), shift, scale))  # (B, S, C*p*p)
         return self.unpatchify(x, Fr, H, W)

@@ -8,6 +8,7 @@ app, the benchmark and the evaluation all go through these two methods.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,7 @@ class TalkingHeadPipeline:
     def __init__(self, vae, speech_ae, dit, config: PipelineConfig, whisper=None):
         self.vae, self.speech_ae, self.dit, self.config = vae, speech_ae, dit, config
         self._whisper, self._features = whisper, None
+        self._lock = threading.Lock()  # lazy loading may be reached by several requests at once
         for m in (vae, speech_ae, dit):
             m.eval().requires_grad_(False)
 
@@ -75,7 +77,11 @@ class TalkingHeadPipeline:
 
     @classmethod
     def from_pretrained(cls, path, whisper: str | None = None, device=None, dtype=None) -> "TalkingHeadPipeline":
-        """Load `save_pretrained` output: pipeline.json + vae/ + speech_ae/ + dit/ (safetensors)."""
+        """Load `save_pretrained` output: pipeline.json + vae/ + speech_ae/ + dit/ (safetensors).
+
+        The frozen Whisper encoder is loaded too (from `whisper`, else the config's source), so the
+        first request pays no loading time.
+        """
         from diffusers import AutoencoderKLLTXVideo
 
         from .dit import A2VDiT
@@ -93,7 +99,9 @@ class TalkingHeadPipeline:
             A2VDiT.from_pretrained(path / "dit", torch_dtype=torch.float32),
             config,
         )
-        return pipe.to(device, dtype) if (device or dtype) else pipe
+        pipe = pipe.to(device, dtype) if (device or dtype) else pipe
+        pipe.whisper  # noqa: B018 - load now, not in the first request
+        return pipe
 
     def save_pretrained(self, path, fp16: bool = False) -> None:
         """safetensors + JSON; fp16 halves the size (weights are upcast again at load)."""
@@ -127,10 +135,12 @@ class TalkingHeadPipeline:
     @property
     def whisper(self):
         """Frozen Whisper encoder, loaded on first use (converted tiny.en weights by default)."""
-        if self._whisper is None:
-            from .whisper import load_whisper
+        with self._lock:
+            if self._whisper is None:
+                from .whisper import load_feature_extractor, load_whisper
 
-            self._whisper = load_whisper(self.config.speech.whisper, encoder_only=True).to(self.device)
+                self._features = load_feature_extractor()
+                self._whisper = load_whisper(self.config.speech.whisper, encoder_only=True).to(self.device)
         return self._whisper
 
     # ---------------------------------------------------------------- stages
@@ -177,14 +187,13 @@ class TalkingHeadPipeline:
     @torch.no_grad()
     def encode_speech(self, wav: np.ndarray, num_latents: int) -> torch.Tensor:
         """16-kHz audio -> SpeechAE codes (1, num_latents, M, Dc), one group per latent frame."""
-        from .whisper import encode_speech_features, load_feature_extractor
+        from .whisper import encode_speech_features
 
-        if self._features is None:
-            self._features = load_feature_extractor()
+        whisper = self.whisper  # also creates the feature extractor
         frames = vae_lib.video_frames(num_latents)
         padded = np.zeros(math.ceil(frames / FPS * SAMPLE_RATE), np.float32)  # silence after the end
         padded[: min(len(wav), len(padded))] = wav[: len(padded)]
-        feats = encode_speech_features(self.whisper, self._features, padded).float()  # (T50, 384)
+        feats = encode_speech_features(whisper, self._features, padded).float()  # (T50, 384)
         s = self.config.speech
         x = speech.frame_windows(speech.frame_features(feats.cpu(), frames, s.feats_per_frame), s.context_frames)
         return self.speech_ae.encode(x[None].to(self.device, self.dtype))  # (1, N, M, Dc)

@@ -263,3 +263,18 @@ def speak_for(rng: np.random.Generator, seconds: float) -> tuple[Speech, dict]:
     meta = {"voice": voice, "rate": rate, "pitch": pitch, "sentences": said,
             "text": " ".join(said)}
     return Speech(np.clip(audio16, -1.0, 1.0), SAMPLE_RATE, phonemes), meta
+
+
+def speak(text: str, voice: str = "en-us+f2", rate: int = 165, pitch: int = 50) -> np.ndarray:
+    """Speak ``text`` (one or more sentences) with espeak-ng -> 16 kHz float32 mono samples.
+
+    ``voice`` is a base voice plus a variant (e.g. ``en-us+m3``), ``rate`` in words per minute,
+    ``pitch`` 0..99. A private engine per call (see ``_Engine``), so this is safe to call from
+    several threads and gives the same samples for the same arguments.
+    """
+    if not text or not text.strip():
+        raise ValueError("there is no text to speak")
+    with _Engine() as eng:
+        pcm, _ = eng.say(text.strip(), voice, rate, pitch)
+    audio16 = resample_poly(pcm.astype(np.float32) / 32768.0, 320, 441).astype(np.float32)
+    return np.clip(audio16, -1.0, 1.0)
