@@ -70,6 +70,7 @@ def main(argv=None):
     p.add_argument("--frames", type=int, default=17, help="frames per training window (1 + 8k)")
     p.add_argument("--mouth-weight", type=float, default=1.0)
     p.add_argument("--l1-weight", type=float, default=0.2)
+    p.add_argument("--channels", help="comma-separated block_out_channels override, e.g. 32,32,64,64")
     p.add_argument("--init-from", help="checkpoint folder to start from (weights only)")
     p.add_argument("--freeze-encoder", action="store_true", help="train the decoder only, on posterior means")
     p.add_argument("--deterministic", action="store_true", help="decode the posterior mean (no sampling noise)")
@@ -78,6 +79,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     acc = make_accelerator(args)
     cfg = get_preset(args.preset)
+    if args.channels:  # experiment with the VAE width (the preset stays the default)
+        ch = tuple(int(c) for c in args.channels.split(","))
+        cfg.vae.kwargs.update(block_out_channels=ch, decoder_block_out_channels=ch)
     vae = build_vae(cfg.vae)
     if args.init_from:  # weights only (no optimizer): e.g. continue a run with the encoder frozen
         load_checkpoint(args.init_from, vae)

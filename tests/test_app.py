@@ -1,0 +1,415 @@
+"""The Gradio app: wiring, every user error, and end to end through `gradio_client`.
+
+Model: `assets/model` when it is there, else a randomly initialised `tiny` pipeline saved in a tmp
+dir (same sizes, so the speed figures hold). Portraits: `assets/examples` when shipped, else
+rendered synthetic faces; speech of exact lengths is spoken with espeak-ng into tmp.
+"""
+from __future__ import annotations
+
+import functools
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+
+import app
+from pipeline import app_support as sup
+from pipeline import media
+from pipeline.config import FPS, SAMPLE_RATE
+from pipeline.infer import DEFAULT_CHECKPOINT
+
+TMP = Path(tempfile.mkdtemp(prefix="test-app-"))
+ARGS = dict(source=app.SOURCE_AUDIO, text="", voice=app.VOICE, rate=app.RATE, steps=app.STEPS,
+            cfg_mode=app.CFG_MODE, alpha=app.ALPHA, beta=app.BETA, seed=0,
+            clip_latent_frames=app.CLIP_LATENT_FRAMES, shift=app.SHIFT, max_seconds=app.MAX_SECONDS)
+
+
+# ---------------------------------------------------------------- shared, built once per session
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@functools.cache
+def model_dir() -> Path:
+    if (DEFAULT_CHECKPOINT / "pipeline.json").is_file():
+        return DEFAULT_CHECKPOINT
+    from pipeline.pipeline import TalkingHeadPipeline
+
+    path = TMP / "model"
+    TalkingHeadPipeline.from_config("tiny").save_pretrained(path)
+    return path
+
+
+def write_speech(path: Path, seconds: float) -> str:
+    """A spoken sentence cut or padded to exactly `seconds`, as a wav file."""
+    from pipeline.data.tts import speak
+
+    wav = speak("Hello there! This is the talking head demo, speaking a short test sentence for you.")
+    n = round(seconds * SAMPLE_RATE)
+    media.write_wav(path, np.pad(wav, (0, max(0, n - len(wav))))[:n])
+    return str(path)
+
+
+@functools.cache
+def speech(seconds: float) -> str:
+    return write_speech(TMP / f"speech_{seconds:g}s.wav", seconds)
+
+
+@functools.cache
+def examples_dir() -> Path:
+    if sup.find_examples(app.EXAMPLES_DIR):
+        return app.EXAMPLES_DIR
+    import cv2
+
+    from pipeline.data.synthetic import render_portrait
+
+    folder = TMP / "examples"
+    folder.mkdir(exist_ok=True)
+    for k, seconds in enumerate((2.0, 3.0)):
+        cv2.imwrite(str(folder / f"portrait_{k}.png"), render_portrait(k, 128)[:, :, ::-1])
+        write_speech(folder / f"speech_{k}.wav", seconds)
+    return folder
+
+
+def portrait() -> str:
+    return sup.find_examples(examples_dir())[0][0]
+
+
+def other_portrait(folder: Path) -> str:
+    """A picture no other test uploads. Servers of one process share gradio's content-addressed cache,
+    and a closing demo (`delete_cache`) deletes the files it received: the shared server's too."""
+    import cv2
+
+    path = folder / "other_portrait.png"
+    cv2.imwrite(str(path), np.random.default_rng(7).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    return str(path)
+
+
+@functools.cache
+def shared_pipeline():
+    """The model as `python app.py` serves it, warmed up."""
+    from pipeline.pipeline import TalkingHeadPipeline
+
+    pipe = TalkingHeadPipeline.from_pretrained(model_dir())
+    sup.warm_up(pipe)
+    return pipe
+
+
+@functools.cache
+def shared_server() -> str:
+    """The app over the shared model, served on 127.0.0.1 for the whole session. Returns its URL."""
+    demo = app.build_demo(shared_pipeline(), examples_dir=examples_dir())
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    return f"http://127.0.0.1:{port}/"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def serving_threads():
+    """The CPU thread policy of `python app.py` while this module runs; restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    sup.set_cpu_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def client():
+    from gradio_client import Client
+
+    return Client(shared_server(), verbose=False)
+
+
+# ---------------------------------------------------------------- fakes
+class FakePipeline:
+    """Pipeline-shaped: real `load_audio`, instant solid-colour clips of 1 s each."""
+
+    def __init__(self, max_seconds=120.0, delay=0.0, warnings=()):
+        from pipeline.config import PipelineConfig
+
+        self.config = PipelineConfig(max_seconds=max_seconds)
+        self.delay, self.warnings, self.calls, self.clips_made = delay, list(warnings), [], 0
+
+    def load_audio(self, audio):
+        from pipeline.pipeline import TalkingHeadPipeline
+
+        return TalkingHeadPipeline.load_audio(self, audio)
+
+    def stream(self, image, audio, **kw):
+        from pipeline.pipeline import ClipOutput
+
+        self.calls.append(dict(image=image, audio=audio, **kw))
+        n = max(1, int(np.ceil(len(audio) / SAMPLE_RATE)))
+        for j in range(n):
+            time.sleep(self.delay)
+            self.clips_made += 1
+            frames = np.full((FPS, 32, 32, 3), 40 * j % 255, np.uint8)
+            yield ClipOutput(j, n, frames, audio[j * SAMPLE_RATE:(j + 1) * SAMPLE_RATE], j * FPS,
+                             warnings=self.warnings if j == 0 else [])
+
+
+def no_progress(*args, **kwargs):
+    pass
+
+
+def run(handlers, image, audio, **overrides):
+    """Drain the streaming handler; return its outputs."""
+    kw = {**ARGS, **overrides}
+    return list(handlers.stream(image, kw.pop("source"), audio, *kw.values(), progress=no_progress))
+
+
+# ---------------------------------------------------------------- import and wiring
+def test_import_app_loads_no_model_and_no_torch():
+    code = "import sys, app; assert 'torch' not in sys.modules, 'import app imported torch'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(app.__file__).parent)
+
+
+def test_build_demo_wires_every_control():
+    made = []
+    demo = app.build_demo(lambda: made.append(1), examples_dir=examples_dir())
+    assert made == [], "build_demo must not create the pipeline"
+    cfg = demo.get_config_file()
+    comps = {c["id"]: c for c in cfg["components"]}
+    label = lambda i: comps[i]["props"].get("label") or comps[i]["props"].get("value")  # noqa: E731
+    deps = {d["api_name"]: d for d in cfg["dependencies"]}
+    gen, vid = deps["generate"], deps["generate_video"]
+    names = ["Portrait", "Speech", "Speech audio", "Text to speak", "Voice", "Rate (words per minute)", "Steps",
+             "CFG mode", "α (guidance)", "β (audio guidance, Split only)", "Seed",
+             "Clip length (latent frames per clip; 1 = 8 video frames)", "Schedule shift",
+             "Maximum duration (s)"]
+    assert [label(i) for i in gen["inputs"]] == names and vid["inputs"] == gen["inputs"]
+    assert [label(i) for i in gen["outputs"]] == ["Live", "Whole video (download)", ""]
+    assert gen["api_visibility"] == vid["api_visibility"] == "public"
+    live = comps[gen["outputs"][0]]["props"]
+    assert live["streaming"] and live["autoplay"]
+    audio = comps[gen["inputs"][2]]["props"]
+    assert audio["sources"] == ["upload", "microphone"] and audio["type"] == "filepath"
+    assert comps[gen["inputs"][0]]["type"] == "image"
+    stop = next(c for c in comps.values() if c["props"].get("value") == "Stop")
+    stop_deps = [d for d in cfg["dependencies"] if (stop["id"], "click") in map(tuple, d["targets"])]
+    assert any(gen["id"] in d["cancels"] for d in stop_deps), "Stop must cancel Generate"
+    assert any(c["type"] == "dataset" for c in comps.values()), "examples gallery missing"
+    assert any(c["type"] == "accordion" and c["props"].get("label") == "Advanced" for c in comps.values())
+    assert any("synthetic cartoon-face domain" in str(c["props"].get("value")) for c in comps.values())
+    fns = demo.fns
+    assert fns[gen["id"]].fn.__func__ is app.Handlers.stream and fns[vid["id"]].fn.__func__ is app.Handlers.video
+    assert demo._queue.max_size == app.CPU_QUEUE["max_size"]
+    assert demo._queue.default_concurrency_limit == app.CPU_QUEUE["default_concurrency_limit"]
+
+
+def test_build_demo_without_examples(tmp_path):
+    cfg = app.build_demo(FakePipeline(), examples_dir=tmp_path).get_config_file()
+    assert not any(c["type"] == "dataset" for c in cfg["components"])
+
+
+def test_find_examples_pairs_by_name(tmp_path):
+    for name in ("portrait_a.png", "speech_a.wav", "portrait_b.jpg", "speech_c.wav", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    assert sup.find_examples(tmp_path) == [(str(tmp_path / "portrait_a.png"), str(tmp_path / "speech_a.wav"))]
+    assert sup.find_examples(tmp_path / "missing") == []
+
+
+def test_pipeline_cache_creates_once_across_threads():
+    made = []
+
+    def factory():
+        time.sleep(0.05)
+        made.append(1)
+        return object()
+
+    cache = sup.PipelineCache(factory)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(cache.get())) for _ in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert made == [1] and len({id(g) for g in got}) == 1
+
+
+def test_zero_gpu_decorator_is_a_no_op_elsewhere(monkeypatch):
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+    f = lambda: 1  # noqa: E731
+    assert app.on_zero_gpu(app.gpu_seconds)(f) is f
+    short = app.gpu_seconds(None, app.SOURCE_AUDIO, speech(2.0), "", app.VOICE, app.RATE, 4)
+    long = app.gpu_seconds(None, app.SOURCE_TEXT, None, "word " * 300, app.VOICE, 150, 4)
+    assert 0 < short < long <= 300
+
+
+# ---------------------------------------------------------------- every user error, at handler level
+@pytest.fixture
+def handlers():
+    return app.Handlers(sup.PipelineCache(FakePipeline))
+
+
+def test_streams_chunks_then_whole_video(handlers):
+    out = run(handlers, portrait(), speech(2.0))
+    chunks = [o[0] for o in out[:-1]]
+    assert len(chunks) == 2 and all(media.probe(c) == {"video": "h264", "audio": "aac", "frames": FPS} for c in chunks)
+    final, line = out[-1][1], out[-1][2]
+    assert media.probe(final) == {"video": "h264", "audio": "aac", "frames": 2 * FPS}
+    assert line.startswith("First clip after") and "real-time factor" in line and "steps/s" in line
+
+
+def test_without_ffmpeg_only_the_whole_video_comes(handlers):
+    handlers.live = False
+    out = run(handlers, portrait(), speech(2.0))
+    assert len(out) == 1 and media.probe(out[0][1])["frames"] == 2 * FPS
+
+
+def test_text_source_speaks_the_text(handlers):
+    out = run(handlers, portrait(), None, source=app.SOURCE_TEXT, text="Hello, nice to meet you.", voice="en-us+m3")
+    wav = handlers.cache.get().calls[0]["audio"]
+    assert 0.8 < len(wav) / SAMPLE_RATE < 4 and np.abs(wav).max() > 0.1
+    assert Path(out[-1][1]).is_file()
+
+
+@pytest.mark.parametrize("image, audio, overrides, message", [
+    (None, "speech", {}, "No portrait"),
+    ("portrait", None, {}, "No speech"),
+    ("portrait", None, dict(source=app.SOURCE_TEXT, text="   "), "text box is empty"),
+    ("portrait", "speech", dict(steps=0), "Steps must be a whole number from 1 to 50"),
+    ("portrait", "speech", dict(steps=2.5), "Steps must be a whole number"),
+    ("portrait", "speech", dict(alpha=-1.0), "α must be a number from 0 to 10"),
+    ("portrait", "speech", dict(beta=float("nan")), "β must be"),
+    ("portrait", "speech", dict(cfg_mode="Both"), "CFG mode must be Joint or Split"),
+    ("portrait", "speech", dict(seed=-3), "Seed must be"),
+    ("portrait", "speech", dict(clip_latent_frames=1), "Clip length must be"),
+    ("portrait", "speech", dict(shift=0.0), "Schedule shift must be"),
+    ("portrait", "speech", dict(max_seconds=500), "Maximum duration must be"),
+    ("portrait", "speech", dict(rate="fast"), "Speaking rate must be"),
+    ("portrait", "speech", dict(max_seconds=1.5), "The speech is 2.0 s long; the limit is 1.5 s"),
+])
+def test_user_errors_become_gr_error(handlers, image, audio, overrides, message):
+    image = portrait() if image == "portrait" else image
+    audio = speech(2.0) if audio == "speech" else audio
+    with pytest.raises(gr.Error, match=message):
+        run(handlers, image, audio, **overrides)
+    assert not handlers.cache.loaded or handlers.cache.get().calls == [], "nothing may be generated"
+
+
+def test_audio_problems_become_gr_error(handlers, tmp_path):
+    junk, empty, silent = tmp_path / "junk.wav", tmp_path / "empty.wav", tmp_path / "silent.wav"
+    junk.write_bytes(b"this is not audio" * 20)
+    media.write_wav(empty, np.zeros(0, np.float32))
+    media.write_wav(silent, np.zeros(SAMPLE_RATE, np.float32))
+    for path, message in [(junk, "cannot read junk.wav as audio"), (empty, "no samples"), (silent, "silent"),
+                          (tmp_path / "gone.wav", "not found")]:
+        with pytest.raises(gr.Error, match=message):
+            run(handlers, portrait(), str(path))
+
+
+def test_pipeline_limit_becomes_gr_error():
+    handlers = app.Handlers(sup.PipelineCache(lambda: FakePipeline(max_seconds=1.0)))
+    with pytest.raises(gr.Error, match="the limit is 1 s"):
+        run(handlers, portrait(), speech(2.0))
+
+
+def test_unreadable_image_and_no_face_with_a_real_pipeline(small_pipe, tmp_path):
+    handlers = app.Handlers(sup.PipelineCache(lambda: small_pipe))
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"\x89PNG not really" * 10)
+    with pytest.raises(gr.Error, match="cannot read junk.png as an image"):
+        run(handlers, str(junk), speech(2.0))
+    noise = tmp_path / "noise.png"
+    import cv2
+
+    cv2.imwrite(str(noise), (np.random.default_rng(0).random((90, 70, 3)) * 255).astype(np.uint8))
+    with pytest.warns(UserWarning, match="No face was detected"):
+        out = run(handlers, str(noise), speech(1.0), steps=1)
+    assert media.probe(out[-1][1])["frames"] == FPS
+
+
+def test_portrait_component_turns_pil_errors_into_words(tmp_path):
+    from gradio.data_classes import ImageData
+
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image")
+    comp = app.portrait_input(type="filepath")
+    with pytest.raises(gr.Error, match="Cannot read the portrait as an image"):
+        comp.preprocess(ImageData(path=str(junk), orig_name="junk.png"))
+
+
+# ---------------------------------------------------------------- end to end over HTTP
+def test_generate_video_endpoint(client):
+    from gradio_client import handle_file
+
+    path, line = client.predict(handle_file(portrait()), app.SOURCE_AUDIO, handle_file(speech(2.0)),
+                                api_name="/generate_video")
+    assert media.probe(path) == {"video": "h264", "audio": "aac", "frames": 2 * FPS}
+    assert line.startswith("First clip after")
+
+
+NEEDS_FFPROBE = pytest.mark.skipif(not shutil.which("ffprobe"), reason="gradio streams video through ffmpeg + "
+                                   "ffprobe on PATH (apt-get install ffmpeg)")
+
+
+@NEEDS_FFPROBE
+def test_streaming_endpoint_yields_several_chunks(client):
+    from gradio_client import handle_file
+
+    job = client.submit(handle_file(portrait()), app.SOURCE_AUDIO, handle_file(speech(4.0)), api_name="/generate")
+    outputs = list(job)
+    playlists = [o[0] for o in outputs if isinstance(o[0], str)]
+    assert len(playlists) >= 2, "a 4-s clip must stream in more than one chunk"
+    segments = [float(ln.split(":")[1].rstrip(",")) for ln in Path(playlists[-1]).read_text().splitlines()
+                if ln.startswith("#EXTINF")]
+    assert len(segments) >= 2 and all(s >= 1.0 for s in segments[:-1])
+    assert sum(segments) == pytest.approx(4.0, abs=0.05)
+    assert media.probe(outputs[-1][1]) == {"video": "h264", "audio": "aac", "frames": 4 * FPS}
+
+
+def test_errors_reach_the_client_and_the_server_keeps_serving(client):
+    from gradio_client import handle_file
+
+    with pytest.raises(Exception, match="No portrait"):
+        client.predict(None, app.SOURCE_AUDIO, handle_file(speech(2.0)), api_name="/generate_video")
+    with pytest.raises(Exception, match="Cannot read the portrait"):
+        client.predict(handle_file(speech(2.0)), app.SOURCE_AUDIO, handle_file(speech(2.0)), api_name="/generate_video")
+    path, _ = client.predict(handle_file(portrait()), app.SOURCE_TEXT, None, "Hi there.", api_name="/generate_video")
+    assert media.probe(path)["video"] == "h264"
+
+
+def test_two_clients_at_once_get_their_own_video():
+    from gradio_client import Client, handle_file
+
+    jobs = [Client(shared_server(), verbose=False).submit(
+        handle_file(portrait()), app.SOURCE_AUDIO, handle_file(speech(seconds)), seed=seed, api_name="/generate_video")
+        for seconds, seed in ((1.0, 1), (2.0, 2))]
+    frames = [media.probe(job.result()[0])["frames"] for job in jobs]
+    assert frames == [FPS, 2 * FPS]
+
+
+@NEEDS_FFPROBE
+def test_cancel_stops_the_pipeline():
+    """Cancelling the event (what Stop does) stops iterating the lazy clip generator: no more compute."""
+    from gradio_client import Client, handle_file
+
+    fake = FakePipeline(delay=0.3)
+    demo = app.build_demo(fake, examples_dir=TMP / "none")
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        long = TMP / "long.wav"
+        media.write_wav(long, 0.1 * np.sin(np.arange(20 * SAMPLE_RATE, dtype=np.float32) / 10))
+        job = Client(f"http://127.0.0.1:{port}/", verbose=False).submit(
+            handle_file(other_portrait(TMP)), app.SOURCE_AUDIO, handle_file(str(long)), api_name="/generate")
+        while fake.clips_made < 2:
+            time.sleep(0.05)
+        job.cancel()
+        time.sleep(1.0)
+        made = fake.clips_made
+        time.sleep(1.0)
+        assert made == fake.clips_made < 10, "the pipeline kept generating after the cancel"
+    finally:
+        demo.close()
