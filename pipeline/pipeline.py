@@ -282,7 +282,7 @@ class TalkingHeadPipeline:
             a0, a1 = emitted * SAMPLE_RATE // FPS, (emitted + len(frames)) * SAMPLE_RATE // FPS
             audio = np.zeros(a1 - a0, np.float32)
             audio[: max(0, min(len(wav), a1) - a0)] = wav[a0:a1]
-            yield ClipOutput(j, k, frames, audio, emitted, warnings=list(warnings) if j == 0 else [])
+            yield ClipOutput(j, k, frames, audio, emitted, warnings=list(warnings) if emitted == 0 else [])
             emitted += len(frames)
         bar.close()
         timings.update(dit=t_dit, decode=t_dec)
@@ -295,4 +295,4 @@ class TalkingHeadPipeline:
         timings["total"] = time.perf_counter() - t0
         frames = np.concatenate([c.frames for c in clips])
         audio_out = np.concatenate([c.audio for c in clips])
-        return TalkingHeadOutput(frames, audio_out, warnings=clips[0].warnings, timings=timings)
+        return TalkingHeadOutput(frames, audio_out, warnings=[w for c in clips for w in c.warnings], timings=timings)
