@@ -118,6 +118,20 @@ def plot_log(csv_path, png_path, title: str) -> None:
     plt.close(fig)
 
 
+def end_step(acc, args, step: int, log: CSVLog, row: dict, bar, validate, save) -> None:
+    """After an optimiser step: validate every `val_every` steps, write the CSV row, and save a
+    checkpoint every `save_every` steps and at the end (validation and files: main process only)."""
+    if (step + 1) % args.val_every == 0 and acc.is_main_process:
+        row.update(validate())
+        bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.startswith("val")})
+    if acc.is_main_process:
+        log.write(step + 1, **row)
+    if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            save(step + 1)
+
+
 def save_rank_params(acc, model, args) -> None:
     if args.save_rank_params:
         params = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}

@@ -24,7 +24,7 @@ from ..config import get_preset
 from ..dit import A2VDiT
 from ..scheduler import add_noise, sample_async_timesteps, velocity_target
 from .common import (CSVLog, base_parser, latest_checkpoint, list_clips, load_checkpoint, make_accelerator, plot_log,
-                     save_checkpoint, save_rank_params)
+                     end_step, save_checkpoint, save_rank_params)
 
 
 class LatentWindows:
@@ -101,15 +101,8 @@ def main(argv=None):
             for pe, pm in zip(ema.parameters(), dit.parameters()):
                 pe.lerp_(pm, 1 - args.ema)
         row = dict(loss=loss.item(), lr=sched.get_last_lr()[0])
-        if (step + 1) % args.val_every == 0 and acc.is_main_process:
-            row.update(validate(ema, val))
-            bar.set_postfix(loss=f"{row['val_loss']:.4f}", noaudio=f"{row['val_loss_noaudio']:.4f}")
-        if acc.is_main_process:
-            log.write(step + 1, **row)
-        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
-            acc.wait_for_everyone()
-            if acc.is_main_process:
-                save_checkpoint(f"{args.out}/checkpoint", dit, opt, step + 1, ema=ema)
+        end_step(acc, args, step, log, row, bar, lambda: validate(ema, val),
+                 lambda s: save_checkpoint(f"{args.out}/checkpoint", dit, opt, s, ema=ema))
     save_rank_params(acc, dit, args)
     if acc.is_main_process:
         ema.save_pretrained(f"{args.out}/dit")

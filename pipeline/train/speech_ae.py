@@ -18,7 +18,7 @@ from ..config import get_preset
 from ..speech import SpeechAE, speech_ae_loss
 from .cache import speech_windows
 from .common import (CSVLog, base_parser, latest_checkpoint, list_clips, load_checkpoint, make_accelerator, plot_log,
-                     save_checkpoint, save_rank_params)
+                     end_step, save_checkpoint, save_rank_params)
 
 
 class SpeechWindows:
@@ -76,15 +76,8 @@ def main(argv=None):
         acc.backward(loss)
         opt.step(), opt.zero_grad(set_to_none=True)
         row = dict(loss=loss.item(), mse=mse.item(), contrastive=con.item())
-        if (step + 1) % args.val_every == 0 and acc.is_main_process:
-            row.update(validate(ae, *val))
-            bar.set_postfix(mse=f"{row['val_mse']:.3f}", top1=f"{row['val_top1']:.2f}")
-        if acc.is_main_process:
-            log.write(step + 1, **row)
-        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
-            acc.wait_for_everyone()
-            if acc.is_main_process:
-                save_checkpoint(f"{args.out}/checkpoint", ae, opt, step + 1)
+        end_step(acc, args, step, log, row, bar, lambda: validate(ae, *val),
+                 lambda s: save_checkpoint(f"{args.out}/checkpoint", ae, opt, s))
     save_rank_params(acc, ae, args)
     if acc.is_main_process:
         ae.save_pretrained(f"{args.out}/speech_ae")

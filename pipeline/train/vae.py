@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from ..config import get_preset
 from ..vae import build_vae, encode
 from .common import (CSVLog, base_parser, latest_checkpoint, list_clips, load_checkpoint, make_accelerator, plot_log,
-                     save_checkpoint, save_rank_params)
+                     end_step, save_checkpoint, save_rank_params)
 
 
 def load_clips(data, limit=None):
@@ -109,15 +109,8 @@ def main(argv=None):
         acc.clip_grad_norm_(model.parameters(), 1.0)
         opt.step(), opt.zero_grad(set_to_none=True)
         row = dict(loss=loss.item(), l1=l1.item(), mouth_l1=mouth.item(), kl=kl.item())
-        if (step + 1) % args.val_every == 0 and acc.is_main_process:
-            row.update(validate(vae, val_x, val_m))
-            bar.set_postfix(psnr=f"{row['val_psnr']:.1f}", mouth=f"{row['val_mouth_psnr']:.1f}")
-        if acc.is_main_process:
-            log.write(step + 1, **row)
-        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
-            acc.wait_for_everyone()
-            if acc.is_main_process:
-                save_checkpoint(f"{args.out}/checkpoint", vae, opt, step + 1)
+        end_step(acc, args, step, log, row, bar, lambda: validate(vae, val_x, val_m),
+                 lambda s: save_checkpoint(f"{args.out}/checkpoint", vae, opt, s))
     save_rank_params(acc, vae, args)
     if acc.is_main_process:
         finish(vae, clips, args)
