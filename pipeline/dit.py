@@ -70,8 +70,9 @@ class Attention(nn.Module):
         q = self.q_norm(self.heads(self.q(x)))  # (B, H, S, Dh)
         k, v = self.kv(x if context is None else context).chunk(2, dim=-1)
         k, v = self.k_norm(self.heads(k)), self.heads(v)  # (B, H, Sk, Dh)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if rope is not None:  # cos/sin are fp32: keep q, k in v's dtype (bf16/fp16 on a GPU)
+            cos, sin = (r.to(q.dtype) for r in rope)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if extra_kv is not None:  # text tokens: extra keys/values without position
             tk, tv = self.kv(extra_kv).chunk(2, dim=-1)
             k = torch.cat([k, self.k_norm(self.heads(tk))], dim=2)
@@ -181,7 +182,7 @@ class A2VDiT(ModelMixin, ConfigMixin):
             t = t[:, ::n]
         if t.shape[1] == 1:
             t = t.expand(B, Fr)
-        c = self.t_embed(timestep_embedding(t, 256))  # (B, F or S, D)
+        c = self.t_embed(timestep_embedding(t, 256).to(self.x_embed.weight.dtype))  # (B, F or S, D)
         mod, out = self.t_mod(c).unflatten(-1, (6, -1)), self.t_out(c).unflatten(-1, (2, -1))
         if t.shape[1] == Fr:  # per frame -> per token
             mod, out = mod.repeat_interleave(n, dim=1), out.repeat_interleave(n, dim=1)

@@ -83,3 +83,11 @@ def test_text_tokens_take_part_in_attention():
     x, t, audio = _inputs()
     with torch.no_grad():
         assert not torch.allclose(dit(x, t, audio, text=torch.randn(2, 3, 5)), dit(x, t, audio, text=torch.randn(2, 3, 5)))
+
+
+def test_runs_in_bfloat16():
+    dit = randomize(_dit()).to(torch.bfloat16)
+    x, t, audio = _inputs()
+    with torch.no_grad():
+        out = dit(x.bfloat16(), t.bfloat16(), audio.bfloat16(), drop_audio=torch.tensor([True, False]))
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()

@@ -11,6 +11,8 @@ VAE is saved with `save_pretrained` in `OUT/vae`.
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -70,6 +72,7 @@ def main(argv=None):
     p.add_argument("--frames", type=int, default=17, help="frames per training window (1 + 8k)")
     p.add_argument("--mouth-weight", type=float, default=1.0)
     p.add_argument("--l1-weight", type=float, default=0.2)
+    p.add_argument("--vae-kwargs", help="JSON dict replacing the preset's AutoencoderKLLTXVideo kwargs")
     p.add_argument("--channels", help="comma-separated block_out_channels override, e.g. 32,32,64,64")
     p.add_argument("--init-from", help="checkpoint folder to start from (weights only)")
     p.add_argument("--freeze-encoder", action="store_true", help="train the decoder only, on posterior means")
@@ -79,6 +82,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     acc = make_accelerator(args)
     cfg = get_preset(args.preset)
+    if args.vae_kwargs:  # experiment with other AutoencoderKLLTXVideo settings
+        cfg.vae.kwargs = json.loads(args.vae_kwargs)
     if args.channels:  # experiment with the VAE width (the preset stays the default)
         ch = tuple(int(c) for c in args.channels.split(","))
         cfg.vae.kwargs.update(block_out_channels=ch, decoder_block_out_channels=ch)
