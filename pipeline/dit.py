@@ -212,3 +212,9 @@ class A2VDiT(ModelMixin, ConfigMixin):
         shift, scale = (mod_out + self.out_table).unbind(dim=2)
         x = self.proj_out(modulate(self.norm_out(x), shift, scale))  # (B, S, C*p*p)
         return self.unpatchify(x, Fr, H, W)
+
+
+def build_dit(cfg) -> A2VDiT:
+    """A freshly initialised A2V-DiT of the size a `DiTConfig` names."""
+    return A2VDiT(cfg.in_channels, cfg.patch_size, cfg.hidden_size, cfg.depth, cfg.num_heads, cfg.mlp_ratio,
+                  cfg.audio_dim, cfg.text_dim, tuple(cfg.rope_axes))

@@ -65,14 +65,12 @@ class TalkingHeadPipeline:
     @classmethod
     def from_config(cls, config: PipelineConfig | str = "tiny", seed: int = 0) -> "TalkingHeadPipeline":
         """Randomly initialised components (for development and tests) from a config or preset."""
-        from .dit import A2VDiT
+        from .dit import build_dit
 
         config = get_preset(config) if isinstance(config, str) else config
         torch.manual_seed(seed)
-        s, d = config.speech, config.dit
-        ae = speech.SpeechAE(s.window_dim, s.frame_dim, s.hidden_dim, s.num_tokens, s.code_dim)
-        dit = A2VDiT(d.in_channels, d.patch_size, d.hidden_size, d.depth, d.num_heads, d.mlp_ratio,
-                     d.audio_dim, d.text_dim, tuple(d.rope_axes))
+        ae = speech.build_speech_ae(config.speech)
+        dit = build_dit(config.dit)
         return cls(vae_lib.build_vae(config.vae), ae, dit, config)
 
     @classmethod

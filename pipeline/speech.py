@@ -74,6 +74,11 @@ class SpeechAE(ModelMixin, ConfigMixin):
         return codes, self.decode(codes)
 
 
+def build_speech_ae(cfg) -> SpeechAE:
+    """A freshly initialised SpeechAE of the size a `SpeechConfig` names."""
+    return SpeechAE(cfg.window_dim, cfg.frame_dim, cfg.hidden_dim, cfg.num_tokens, cfg.code_dim)
+
+
 def speech_ae_loss(s: torch.Tensor, s_hat: torch.Tensor, alpha: float = 1.0, beta: float = 0.1, tau: float = 0.07):
     """alpha * MSE(S, S_hat) + beta * contrastive (eq. 7-9).
 

@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from ..config import get_preset
-from ..dit import A2VDiT
+from ..dit import build_dit
 from ..scheduler import add_noise, sample_async_timesteps, velocity_target
 from .common import (CSVLog, base_parser, latest_checkpoint, list_clips, load_checkpoint, make_accelerator, plot_log,
                      end_step, save_checkpoint, save_rank_params)
@@ -42,12 +42,6 @@ class LatentWindows:
             refs.append(it["refs"][rng.integers(len(it["refs"]))][:, None])
             codes.append(it["codes"][s : s + f])
         return torch.stack(zs), torch.stack(refs), torch.stack(codes)  # (B,C,f,h,w) (B,C,1,h,w) (B,f,M,Dc)
-
-
-def build(cfg) -> A2VDiT:
-    d = cfg.dit
-    return A2VDiT(d.in_channels, d.patch_size, d.hidden_size, d.depth, d.num_heads, d.mlp_ratio, d.audio_dim,
-                  d.text_dim, tuple(d.rope_axes))
 
 
 def ans_loss(model, z, ref, codes, t, noise, drop_audio, drop_ref):
@@ -71,7 +65,7 @@ def main(argv=None):
     acc = make_accelerator(args)
     cfg = get_preset(args.preset)
     f, sc = cfg.sampling.clip_latent_frames, cfg.sampling
-    dit = build(cfg).train()
+    dit = build_dit(cfg.dit).train()
     ema = copy.deepcopy(dit).requires_grad_(False)
     opt = torch.optim.AdamW(dit.parameters(), lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup))

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import get_preset
-from ..speech import SpeechAE, speech_ae_loss
+from ..speech import build_speech_ae, speech_ae_loss
 from .cache import speech_windows
 from .common import (CSVLog, base_parser, latest_checkpoint, list_clips, load_checkpoint, make_accelerator, plot_log,
                      end_step, save_checkpoint, save_rank_params)
@@ -42,11 +42,6 @@ class SpeechWindows:
         return x, x[..., c * fd : (c + 1) * fd]  # input windows, centre-frame target S
 
 
-def build(cfg) -> SpeechAE:
-    s = cfg.speech
-    return SpeechAE(s.window_dim, s.frame_dim, s.hidden_dim, s.num_tokens, s.code_dim)
-
-
 def main(argv=None):
     p = base_parser("Pretrain the SpeechAE")
     p.add_argument("--preset", default="tiny")
@@ -56,7 +51,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     acc = make_accelerator(args)
     cfg = get_preset(args.preset)
-    ae = build(cfg)
+    ae = build_speech_ae(cfg.speech)
     opt = torch.optim.AdamW(ae.parameters(), lr=args.lr, weight_decay=0.01)
     ckpt = latest_checkpoint(args.out)
     start = load_checkpoint(ckpt, ae, opt)["step"] if ckpt else 0
