@@ -269,9 +269,9 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def warm_up(cache: sup.PipelineCache) -> None:
+def warm_up(cache: sup.PipelineCache, examples_dir=EXAMPLES_DIR) -> None:
     try:
-        sup.warm_up(cache.get())
+        sup.warm_up(cache.get(), sup.find_examples(examples_dir))
     except InputError as e:  # e.g. no model yet: every request will say so
         print(f"warning: {e}")
 

@@ -73,6 +73,7 @@ class SamplingConfig:
     clip_latent_frames: int = 5  # f: latent frames per clip, overlapping by one
     train_mu: float = 0.0  # logit-normal location of training timesteps
     train_sigma: float = 1.0  # logit-normal scale of training timesteps
+    motion_guidance: bool = True  # False only for the ablation without ANS (see sampler.sample_clips)
 
 
 @dataclass

@@ -7,9 +7,11 @@ app, the benchmark and the evaluation all go through these two methods.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -22,6 +24,41 @@ from . import face, media, sampler, scheduler, speech
 from . import vae as vae_lib
 from .config import FPS, SAMPLE_RATE, PipelineConfig, get_preset
 from .errors import InputError
+
+
+class _Memo:
+    """A small thread-safe LRU of results keyed by the bytes of their input.
+
+    A visitor who changes the steps or the guidance and presses Generate again sends the same
+    portrait and the same speech: their latents and SpeechAE codes are kept here, so the second
+    generation starts sampling at once instead of re-running Whisper on a 30-s window.
+    """
+
+    def __init__(self, size: int = 16):
+        self.size, self._items, self._lock = size, OrderedDict(), threading.Lock()
+
+    @staticmethod
+    def key(*parts) -> str:
+        h = hashlib.sha1()
+        for part in parts:
+            h.update(np.ascontiguousarray(part).tobytes() if isinstance(part, np.ndarray) else repr(part).encode())
+        return h.hexdigest()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def get(self, key: str, compute):
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = compute()
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return value
 
 
 @dataclass
@@ -58,6 +95,7 @@ class TalkingHeadPipeline:
         self.vae, self.speech_ae, self.dit, self.config = vae, speech_ae, dit, config
         self._whisper, self._features = whisper, None
         self._lock = threading.Lock()  # lazy loading may be reached by several requests at once
+        self._memo = _Memo()  # reference latents and speech codes of recent inputs
         for m in (vae, speech_ae, dit):
             m.eval().requires_grad_(False)
 
@@ -93,7 +131,7 @@ class TalkingHeadPipeline:
         vae_dir = config.vae.pretrained if config.vae.pretrained else path
         pipe = cls(
             AutoencoderKLLTXVideo.from_pretrained(vae_dir, subfolder="vae", torch_dtype=torch.float32),
-            speech.SpeechAE.from_pretrained(path / "speech_ae", torch_dtype=torch.float32),
+            speech.load_speech_encoder(path / "speech_ae", torch_dtype=torch.float32),
             A2VDiT.from_pretrained(path / "dit", torch_dtype=torch.float32),
             config,
         )
@@ -121,6 +159,10 @@ class TalkingHeadPipeline:
         if self._whisper is not None:
             self._whisper.to(device=device)
         return self
+
+    def clear_cache(self) -> None:
+        """Forget the reference latents and speech codes kept for repeated inputs."""
+        self._memo.clear()
 
     @property
     def device(self) -> torch.device:
@@ -191,10 +233,20 @@ class TalkingHeadPipeline:
         frames = vae_lib.video_frames(num_latents)
         padded = np.zeros(math.ceil(frames / FPS * SAMPLE_RATE), np.float32)  # silence after the end
         padded[: min(len(wav), len(padded))] = wav[: len(padded)]
-        feats = encode_speech_features(whisper, self._features, padded).float()  # (T50, 384)
-        s = self.config.speech
-        x = speech.frame_windows(speech.frame_features(feats.cpu(), frames, s.feats_per_frame), s.context_frames)
-        return self.speech_ae.encode(x[None].to(self.device, self.dtype))  # (1, N, M, Dc)
+
+        def compute():
+            feats = encode_speech_features(whisper, self._features, padded).float()  # (T50, 384)
+            s = self.config.speech
+            x = speech.frame_windows(speech.frame_features(feats.cpu(), frames, s.feats_per_frame), s.context_frames)
+            return self.speech_ae.encode(x[None].to(self.device, self.dtype))  # (1, N, M, Dc)
+
+        return self._memo.get(self._memo.key("speech", padded, self.device, self.dtype), compute)
+
+    @torch.no_grad()
+    def encode_reference(self, x_ref: torch.Tensor) -> torch.Tensor:
+        """Preprocessed portrait (1, 3, H, W) -> z_R (1, C, 1, h, w)."""
+        key = self._memo.key("reference", x_ref.float().cpu().numpy(), self.device, self.dtype)
+        return self._memo.get(key, lambda: vae_lib.encode_image(self.vae, x_ref).to(self.dtype))
 
     def prepare_latents(self, num_latents: int, generator: torch.Generator) -> torch.Tensor:
         c = self.vae.config.latent_channels
@@ -235,7 +287,7 @@ class TalkingHeadPipeline:
         # 2. Portrait -> reference latent z_R
         t0 = time.perf_counter()
         x_ref, _, warnings = self.preprocess_image(image)
-        z_ref = vae_lib.encode_image(self.vae, x_ref).to(self.dtype)  # (1, C, 1, h, w)
+        z_ref = self.encode_reference(x_ref)  # (1, C, 1, h, w)
         # 3. Speech -> codes, on the padded latent grid
         num_frames = max(1, round(len(wav) / SAMPLE_RATE * FPS))
         n_lat = sampler.padded_latent_frames(vae_lib.latent_frames(num_frames + 7), f)
@@ -259,7 +311,8 @@ class TalkingHeadPipeline:
         bar = tqdm(total=k * steps, desc="Sampling", unit="step", disable=not progress)
         emitted, t_dit, t_dec = 0, 0.0, 0.0
         t_start = time.perf_counter()
-        clips = sampler.sample_clips(velocity, noise, z_ref, codes, ts, f, callback=lambda j, i: bar.update(1))
+        clips = sampler.sample_clips(velocity, noise, z_ref, codes, ts, f, callback=lambda j, i: bar.update(1),
+                                     motion_guidance=self.config.sampling.motion_guidance)
         while True:
             t0 = time.perf_counter()
             item = next(clips, None)

@@ -66,12 +66,15 @@ def _clip_step(velocity_fn: VelocityFn, z_ref, z, audio, t_i, t_next, guided_fir
 
 
 def sample_clips(
-    velocity_fn: VelocityFn, noise, z_ref, audio, timesteps, clip_frames: int, callback=None
+    velocity_fn: VelocityFn, noise, z_ref, audio, timesteps, clip_frames: int, callback=None,
+    motion_guidance: bool = True,
 ) -> Iterator[tuple[int, int, torch.Tensor]]:
     """Clip-major ANS sampling. Yields (clip index, first latent index, final clip latents).
 
     noise (B, C, N, H, W) with N = 1 + k(f-1); z_ref (B, C, 1, H, W); audio (B, N, M, Da);
     timesteps (steps+1,) from 1 to 0. callback(clip, step) is called after every step.
+    motion_guidance=False is the ablation without ANS: every clip is sampled from its own noise and
+    the reference alone (plain clip concatenation), its first frame dropped as usual.
     """
     f, N = clip_frames, noise.shape[2]
     assert N == padded_latent_frames(N, f), "noise must cover whole clips (padded_latent_frames)"
@@ -87,7 +90,7 @@ def sample_clips(
             traj.append(z[:, :, -1].clone())
             if callback is not None:
                 callback(j, i)
-        prev = traj
+        prev = traj if motion_guidance else None
         yield j, s, z
 
 

@@ -36,14 +36,16 @@ def logit_normal(shape, mu: float, sigma: float, generator=None, device=None) ->
 
 
 def sample_async_timesteps(
-    batch: int, num_frames: int, mu: float = 0.0, sigma: float = 1.0, generator=None, device=None
+    batch: int, num_frames: int, mu: float = 0.0, sigma: float = 1.0, generator=None, device=None,
+    synchronous: bool = False,
 ) -> torch.Tensor:
     """ANS training timesteps (B, 1 + num_frames): [0, t1, t2, ..., t2] with t1 < t2.
 
     Two logit-normal draws per sample, sorted so that the motion frame gets the smaller one.
+    synchronous=True is the ablation without ANS: one time for every clip frame (t1 = t2).
     """
     t = logit_normal((batch, 2), mu, sigma, generator, device).sort(dim=1).values  # (B, 2)
-    t1, t2 = t[:, :1], t[:, 1:]
+    t1, t2 = (t[:, 1:], t[:, 1:]) if synchronous else (t[:, :1], t[:, 1:])
     ref = torch.zeros_like(t1)
     return torch.cat([ref, t1, t2.expand(batch, num_frames - 1)], dim=1)  # (B, 1 + f)
 

@@ -79,6 +79,44 @@ def build_speech_ae(cfg) -> SpeechAE:
     return SpeechAE(cfg.window_dim, cfg.frame_dim, cfg.hidden_dim, cfg.num_tokens, cfg.code_dim)
 
 
+class LinearSpeechEncoder(ModelMixin, ConfigMixin):
+    """The ablation without SpeechAE (READ Table 2): each latent frame's codes are one linear map of
+    the Whisper features of its own video frames (the first frame alone, then groups of 8), trained
+    with the DiT. Same `encode` contract as `SpeechAE`, so the pipeline runs it unchanged."""
+
+    @register_to_config
+    def __init__(self, window_dim: int = 3840, frame_dim: int = 768, num_tokens: int = 4, code_dim: int = 64):
+        super().__init__()
+        self.proj = nn.Sequential(nn.LayerNorm(TEMPORAL_COMPRESSION * frame_dim),
+                                  nn.Linear(TEMPORAL_COMPRESSION * frame_dim, num_tokens * code_dim))
+
+    def encode(self, windows: torch.Tensor) -> torch.Tensor:
+        """(B, 1+8k, window_dim) -> codes (B, 1+k, num_tokens, code_dim)."""
+        c = self.config
+        context = (c.window_dim // c.frame_dim) // 2
+        x = windows[..., context * c.frame_dim : (context + 1) * c.frame_dim]  # each frame's own features
+        x = torch.cat([x[:, :1].expand(-1, TEMPORAL_COMPRESSION - 1, -1), x], dim=1)  # (B, 8(k+1), Df)
+        codes = self.proj(x.reshape(x.shape[0], -1, TEMPORAL_COMPRESSION * c.frame_dim))
+        return codes.unflatten(-1, (c.num_tokens, c.code_dim))
+
+
+def build_speech_encoder(cfg, kind: str = "speech_ae"):
+    """'speech_ae' (the method) or 'linear' (its ablation), freshly initialised."""
+    if kind == "linear":
+        return LinearSpeechEncoder(cfg.window_dim, cfg.frame_dim, cfg.num_tokens, cfg.code_dim)
+    return build_speech_ae(cfg)
+
+
+def load_speech_encoder(folder, **kwargs):
+    """A saved SpeechAE or LinearSpeechEncoder, by the class its config.json names."""
+    import json
+    from pathlib import Path
+
+    name = json.loads((Path(folder) / "config.json").read_text()).get("_class_name")
+    cls = LinearSpeechEncoder if name == "LinearSpeechEncoder" else SpeechAE
+    return cls.from_pretrained(folder, **kwargs)
+
+
 def speech_ae_loss(s: torch.Tensor, s_hat: torch.Tensor, alpha: float = 1.0, beta: float = 0.1, tau: float = 0.07):
     """alpha * MSE(S, S_hat) + beta * contrastive (eq. 7-9).
 

@@ -101,7 +101,7 @@ def shared_pipeline():
     from pipeline.pipeline import TalkingHeadPipeline
 
     pipe = TalkingHeadPipeline.from_pretrained(model_dir())
-    sup.warm_up(pipe)
+    sup.warm_up(pipe, sup.find_examples(examples_dir()))
     return pipe
 
 
@@ -212,6 +212,17 @@ def test_build_demo_wires_every_control():
 def test_build_demo_without_examples(tmp_path):
     cfg = app.build_demo(FakePipeline(), examples_dir=tmp_path).get_config_file()
     assert not any(c["type"] == "dataset" for c in cfg["components"])
+
+
+def test_warm_up_keeps_the_examples_speech_codes(monkeypatch):
+    from pipeline import whisper
+
+    pipe = shared_pipeline()
+    calls, original = [], whisper.encode_speech_features
+    monkeypatch.setattr(whisper, "encode_speech_features", lambda *a: calls.append(1) or original(*a))
+    portrait, speech = sup.find_examples(examples_dir())[0]
+    next(iter(pipe.stream(portrait, speech, num_inference_steps=1, progress=False)))
+    assert calls == []  # the example's Whisper pass was done at start-up
 
 
 def test_find_examples_pairs_by_name(tmp_path):

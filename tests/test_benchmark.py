@@ -16,7 +16,7 @@ def result(small_pipe):
 
 def test_every_key_and_json(result):
     top = {"model", "audio_seconds", "repeats", "environment", "settings", "components_s", "end_to_end_s", "rtf",
-           "first_clip_s", "first_clip_from_timings_s", "num_clips", "video_frames", "runs", "app_defaults",
+           "first_clip_s", "first_clip_from_timings_s", "first_clip_same_inputs_s", "num_clips", "video_frames", "runs", "app_defaults",
            "dit_flops_per_forward", "dit_forwards", "dit_forwards_per_video_second", "dit_flops_per_video_second",
            "dit_achieved_flops", "matmul_peak_flops", "matmul_size", "dit_efficiency", "dit_forward_s",
            "dit_forward_share", "dit_profile", "peak_rss_mb", "cuda_peak_mb"}

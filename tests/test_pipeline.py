@@ -32,6 +32,22 @@ def test_stream_equals_call_and_same_seed_same_video(small_pipe, portrait, speec
     assert np.array_equal(small_pipe(portrait, speech_wav, generator=g, progress=False).frames, whole.frames)
 
 
+def test_repeated_inputs_reuse_whisper_codes_and_reference(small_pipe, portrait, speech_wav, monkeypatch):
+    from pipeline import whisper
+
+    calls, original = [], whisper.encode_speech_features
+    monkeypatch.setattr(whisper, "encode_speech_features", lambda *a: calls.append(1) or original(*a))
+    small_pipe.clear_cache()
+    wav = speech_wav[:16000]
+    first = small_pipe(portrait, wav, cfg_mode="joint", num_inference_steps=2, progress=False)
+    again = small_pipe(portrait, wav, cfg_mode="joint", num_inference_steps=2, progress=False)
+    assert len(calls) == 1 and np.array_equal(first.frames, again.frames)
+    small_pipe(portrait, wav * 0.5, cfg_mode="joint", num_inference_steps=2, progress=False)  # other speech
+    small_pipe.clear_cache()
+    fresh = small_pipe(portrait, wav, cfg_mode="joint", num_inference_steps=2, progress=False)
+    assert len(calls) == 3 and np.array_equal(fresh.frames, first.frames)
+
+
 def test_save_load_roundtrip_identical(small_pipe, portrait, speech_wav, tmp_path):
     small_pipe.save_pretrained(tmp_path / "model")
     assert not list((tmp_path / "model").rglob("*.bin")) and list((tmp_path / "model").rglob("*.safetensors"))

@@ -17,6 +17,11 @@ def test_async_timesteps_reference_clean_motion_less_noisy():
     assert 0 < t.min() or t[:, 1:].min() > 0
 
 
+def test_synchronous_timesteps_for_the_no_ans_ablation():
+    t = scheduler.sample_async_timesteps(64, 5, generator=torch.Generator().manual_seed(0), synchronous=True)
+    assert torch.all(t[:, 0] == 0) and torch.all(t[:, 1:] == t[:, 1:2]) and t[:, 1:].min() > 0
+
+
 def test_flow_matching_convention():
     g = torch.Generator().manual_seed(0)
     x0, eps = torch.randn(2, 4, 3, 2, 2, generator=g), torch.randn(2, 4, 3, 2, 2, generator=g)
@@ -60,6 +65,20 @@ def test_clip_major_equals_step_major(mode):
     assert torch.allclose(clip_major, step_major, atol=1e-6)
     # and the motion guidance did something: clip 2's first frame is clip 1's last
     assert torch.equal(clips[1][:, :, 0], clips[0][:, :, -1])
+
+
+def test_without_motion_guidance_clips_are_independent():
+    """The no-ANS ablation: clip 2 ignores clip 1 (plain concatenation); with ANS it follows it."""
+    dit, noise, z_ref, audio = _setup()
+    fn = lambda z, t, a: sampler.cfg_velocity(dit, z, t, a, "joint", 2.0, 3.0)  # noqa: E731
+    ts = scheduler.inference_timesteps(3)
+    other = noise.clone()
+    other[:, :, :2] += 1.0  # clip 1's own frames (f = 3: latents 0, 1; latent 2 is shared with clip 2)
+    with torch.no_grad():
+        for guided in (True, False):
+            a = [z for _, _, z in sampler.sample_clips(fn, noise, z_ref, audio, ts, 3, motion_guidance=guided)]
+            b = [z for _, _, z in sampler.sample_clips(fn, other, z_ref, audio, ts, 3, motion_guidance=guided)]
+            assert torch.equal(a[1], b[1]) != guided
 
 
 def test_reference_is_clean_at_every_call_and_times_follow_algorithm_1():

@@ -144,7 +144,7 @@ def time_generation(pipe, image, wav: np.ndarray, settings: dict, out_path: Path
         write_mp4(out_path, frames, audio, clips[0].sample_rate, clips[0].fps)
         t2 = time.perf_counter()
     return dict(
-        whisper=timings["whisper"], speech_ae=timings["speech"] - timings["whisper"],
+        whisper=timings.get("whisper", 0.0), speech_ae=timings["speech"] - timings.get("whisper", 0.0),
         reference=timings["reference"], dit=timings["dit"], decode=timings["decode"], mux=t2 - t1,
         dit_forward=timings["dit_forward"], total=t2 - t0, first_clip=first,
         first_clip_from_timings=timings["reference"] + timings["speech"] + timings["first_clip"],
@@ -157,12 +157,17 @@ def measure(pipe, image, wav: np.ndarray, settings: dict, repeats: int) -> dict:
     with tempfile.TemporaryDirectory() as d:
         warm = dict(settings, num_inference_steps=1)  # lazy loads, kernel choice for these shapes
         list(pipe.stream(image, wav[: 2 * SAMPLE_RATE], progress=False, **warm))
-        runs = [time_generation(pipe, image, wav, settings, Path(d) / f"run{i}.mp4") for i in range(repeats)]
+        runs = []
+        for i in range(repeats):  # each run as a new upload: no kept Whisper codes or reference latents
+            pipe.clear_cache()
+            runs.append(time_generation(pipe, image, wav, settings, Path(d) / f"run{i}.mp4"))
+        again = time_generation(pipe, image, wav, settings, Path(d) / "again.mp4")  # same inputs, new settings
     median = sorted(runs, key=lambda r: r["total"])[(len(runs) - 1) // 2]
     seconds = len(wav) / SAMPLE_RATE
     return dict(settings=settings, components_s={k: median[k] for k, _ in COMPONENTS},
                 end_to_end_s=median["total"], rtf=median["total"] / seconds, first_clip_s=median["first_clip"],
                 first_clip_from_timings_s=median["first_clip_from_timings"],
+                first_clip_same_inputs_s=again["first_clip"],
                 dit_forward_s=median["dit_forward"], num_clips=median["num_clips"], video_frames=median["frames"],
                 runs=runs)
 
@@ -350,6 +355,8 @@ def _stage_table(r: dict) -> list[str]:
         f"| **End to end** (audio in -> mp4 out) | {r['end_to_end_s']:.3f} | 100% | {a['end_to_end_s']:.3f} |",
         f"| Real-time factor (wall / audio) | {r['rtf']:.3f} | | {a['rtf']:.3f} |",
         f"| First clip (call -> first yield) | {r['first_clip_s']:.3f} | | {a['first_clip_s']:.3f} |",
+        f"| First clip, same portrait and speech again | {r['first_clip_same_inputs_s']:.3f} | "
+        f"| {a['first_clip_same_inputs_s']:.3f} |",
     ]
 
 

@@ -10,6 +10,10 @@ compared with the ground-truth openness of that audio. Prints a JSON summary:
 - identity PSNR outside the mouth box against the reference, first second and last second of a
   long (default 40-s) video
 - boundary_ratio: mean frame-to-frame change at clip boundaries / within clips (bar <= 1.5)
+
+`--vae-only` measures the ceiling the VAE sets instead: the ground-truth clips are encoded and
+decoded (no DiT, no audio) and the reader's openness on the reconstruction is correlated with the
+truth; also the reconstruction PSNR of the whole frame and of the mouth box.
 """
 from __future__ import annotations
 
@@ -67,6 +71,26 @@ def evaluate_clip(pipe, reader, clip, size, **kwargs) -> dict:
             "boundary_ratio": boundary_ratio(frames, [c.start_frame for c in chunks]), "frames": n}
 
 
+def vae_reconstruction(pipe, reader, clip, size) -> dict:
+    """Encode + decode the ground-truth clip: how much lip motion the VAE itself keeps."""
+    import torch
+
+    from .. import vae as vae_lib
+
+    n = 1 + 8 * ((len(clip.frames) - 1) // 8)
+    x = torch.from_numpy(clip.frames[:n]).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    rec = vae_lib.decode(pipe.vae, vae_lib.encode(pipe.vae, x.to(pipe.device, pipe.vae.dtype)))
+    frames = ((rec[0].permute(1, 2, 3, 0).cpu() + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+    box = clip_box(clip.gt["mouth_box"], size)
+    true = clip.gt["openness"][:n]
+    lags = lagged_correlation(read_openness(reader, frames, box), true)
+    err = (frames.astype(np.float32) - clip.frames[:n].astype(np.float32)) ** 2
+    x0, y0, x1, y1 = box
+    to_psnr = lambda e: float(10 * np.log10(255.0**2 / max(float(e), 1e-6)))  # noqa: E731
+    return {"lipsync_correlation": lags[0], "best_lag": max(lags, key=lags.get),
+            "psnr": to_psnr(err.mean()), "mouth_psnr": to_psnr(err[:, y0:y1, x0:x1].mean()), "frames": n}
+
+
 def long_video_identity(pipe, clip_fn, seconds: float, size: int, **kwargs) -> dict:
     """Identity PSNR in the first and the last second of one long video."""
     clip = clip_fn(seconds)
@@ -88,23 +112,35 @@ def main(argv=None):
     p.add_argument("--long-seconds", type=float, default=40.0, help="length of the identity-drift video (0: skip)")
     p.add_argument("--steps", type=int), p.add_argument("--cfg", choices=["joint", "split"])
     p.add_argument("--alpha", type=float), p.add_argument("--beta", type=float)
+    p.add_argument("--vae-only", action="store_true", help="the VAE's own ceiling: encode + decode the ground truth")
+    p.add_argument("--vae", help="with --vae-only: VAE weights (training checkpoint or save_pretrained folder) instead of the checkpoint's")
     p.add_argument("--json", help="also write the summary here")
     args = p.parse_args(argv)
     pipe = TalkingHeadPipeline.from_pretrained(args.checkpoint)
+    if args.vae:  # same architecture, other weights: a training checkpoint or a save_pretrained folder
+        from pathlib import Path
+
+        from safetensors.torch import load_file
+
+        folder = Path(args.vae)
+        name = "model.safetensors" if (folder / "model.safetensors").exists() else "diffusion_pytorch_model.safetensors"
+        pipe.vae.load_state_dict(load_file(str(folder / name)))
     size, reader = pipe.config.height, load_reader()
     kw = dict(num_inference_steps=args.steps, cfg_mode=args.cfg, alpha=args.alpha, beta=args.beta)
     t0, rows = time.perf_counter(), []
     for i in range(args.clips):
         clip = render_clip(clip_seed(args.seed, i), args.seconds, size)
-        rows.append(evaluate_clip(pipe, reader, clip, size, **kw))
+        rows.append(vae_reconstruction(pipe, reader, clip, size) if args.vae_only
+                    else evaluate_clip(pipe, reader, clip, size, **kw))
         print(f"clip {i}: {json.dumps({k: round(v, 3) for k, v in rows[-1].items()})}", flush=True)
     summary = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "frames"}
     summary["best_lag_median"] = float(np.median([r["best_lag"] for r in rows]))
-    if args.long_seconds:
+    if args.long_seconds and not args.vae_only:
         summary["long_video"] = long_video_identity(pipe, lambda s: render_clip(clip_seed(args.seed, 10_000), s, size),
                                                     args.long_seconds, size, **kw)
     summary.update(clips=args.clips, seconds=args.seconds, seed=args.seed, wall_s=time.perf_counter() - t0,
-                   settings={k: v for k, v in kw.items() if v is not None} or "model defaults")
+                   settings="VAE reconstruction" if args.vae_only else
+                   ({k: v for k, v in kw.items() if v is not None} or "model defaults"))
     print(json.dumps(summary, indent=2))
     if args.json:
         with open(args.json, "w") as f:

@@ -9,6 +9,12 @@ latent frames. Times are [0, t1, t2, ..., t2] with t1 < t2 (reference clean, mot
 noisy); the audio and/or the reference are dropped at random so Joint- and Split-CFG work. The loss
 is the flow-matching velocity MSE on the clip frames. An EMA of the weights is what gets exported;
 with --vae and --speech-ae the run ends with a complete `TalkingHeadPipeline` in OUT/pipeline.
+
+Ablations (READ Table 2 and Fig. 2), same script and budget:
+- `--speech-encoder scratch`: a SpeechAE without pretraining, trained from scratch with the DiT on the
+  cached Whisper features; `--speech-encoder linear`: no SpeechAE, a linear projection instead.
+- `--no-ans`: synchronous noise (one time for all clip frames) and, in the exported pipeline, plain
+  clip concatenation (no motion frame carried from clip to clip).
 """
 from __future__ import annotations
 
@@ -23,25 +29,55 @@ from tqdm.auto import tqdm
 from ..config import get_preset
 from ..dit import build_dit
 from ..scheduler import add_noise, sample_async_timesteps, velocity_target
+from ..speech import build_speech_encoder
+from .cache import speech_windows
 from .common import (CSVLog, base_parser, latest_checkpoint, list_clips, load_checkpoint, make_accelerator, plot_log,
                      end_step, save_checkpoint, save_rank_params)
 
 
 class LatentWindows:
-    """Cached latents, reference latents and speech codes of every clip; random f-frame windows."""
+    """Cached latents, reference latents and speech codes of every clip; random f-frame windows.
 
-    def __init__(self, clips):
+    With `speech` (a SpeechConfig), the clips' whole Whisper windows are kept too, for a speech encoder
+    trained with the DiT; the batch then carries (windows, first latent index) instead of codes.
+    """
+
+    def __init__(self, clips, speech=None):
         self.items = [load_file(str(d / "latents.safetensors")) for d in clips]
+        if speech is not None:
+            for d, it in zip(clips, self.items):
+                it["windows"] = speech_windows(d, 1 + 8 * (it["latents"].shape[1] - 1), speech).half()
 
     def batch(self, size: int, f: int, rng):
-        zs, refs, codes = [], [], []
+        zs, refs, codes, windows, starts = [], [], [], [], []
         for _ in range(size):
             it = self.items[rng.integers(len(self.items))]
             s = rng.integers(it["latents"].shape[1] - f + 1)
             zs.append(it["latents"][:, s : s + f])
             refs.append(it["refs"][rng.integers(len(it["refs"]))][:, None])
             codes.append(it["codes"][s : s + f])
-        return torch.stack(zs), torch.stack(refs), torch.stack(codes)  # (B,C,f,h,w) (B,C,1,h,w) (B,f,M,Dc)
+            if "windows" in it:
+                windows.append(it["windows"].float())
+                starts.append(int(s))
+        audio = (torch.stack(windows), torch.tensor(starts)) if windows else torch.stack(codes)
+        return torch.stack(zs), torch.stack(refs), audio  # (B,C,f,h,w) (B,C,1,h,w) (B,f,M,Dc) or windows
+
+
+class SpeechDiT(torch.nn.Module):
+    """The DiT and a speech encoder trained together (the SpeechAE ablations): one module, so that
+    several processes keep both in sync. `audio` is (whole-clip windows, first latent index)."""
+
+    def __init__(self, dit, encoder):
+        super().__init__()
+        self.dit, self.encoder = dit, encoder
+
+    def forward(self, x, t, audio, drop_audio=None, drop_ref=None):
+        windows, starts = audio
+        f = x.shape[2] - 1
+        codes = self.encoder.encode(windows)  # (B, K, M, Dc) for the whole clips
+        idx = starts.to(codes.device)[:, None] + torch.arange(f, device=codes.device)  # (B, f)
+        codes = codes[torch.arange(len(idx), device=codes.device)[:, None], idx]
+        return self.dit(x, t, codes, drop_audio=drop_audio, drop_ref=drop_ref)
 
 
 def ans_loss(model, z, ref, codes, t, noise, drop_audio, drop_ref):
@@ -61,11 +97,19 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--vae", help="trained VAE folder: export a full pipeline at the end")
     p.add_argument("--speech-ae", help="trained SpeechAE folder: export a full pipeline at the end")
+    p.add_argument("--speech-encoder", choices=["pretrained", "scratch", "linear"], default="pretrained",
+                   help="pretrained: cached codes of the pretrained SpeechAE (the method); scratch / linear: "
+                        "ablations trained with the DiT on the cached Whisper features")
+    p.add_argument("--no-ans", action="store_true", help="ablation: synchronous noise, plain clip concatenation")
     args = p.parse_args(argv)
     acc = make_accelerator(args)
     cfg = get_preset(args.preset)
+    cfg.sampling.motion_guidance = not args.no_ans
     f, sc = cfg.sampling.clip_latent_frames, cfg.sampling
     dit = build_dit(cfg.dit).train()
+    if args.speech_encoder != "pretrained":
+        kind = "linear" if args.speech_encoder == "linear" else "speech_ae"
+        dit = SpeechDiT(dit, build_speech_encoder(cfg.speech, kind)).train()
     ema = copy.deepcopy(dit).requires_grad_(False)
     opt = torch.optim.AdamW(dit.parameters(), lr=args.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup))
@@ -73,16 +117,18 @@ def main(argv=None):
     start = load_checkpoint(ckpt, dit, opt, ema)["step"] if ckpt else 0
     sched.last_epoch = start
     model, opt = acc.prepare(dit, opt)
-    data = LatentWindows(list_clips(args.data))
+    data = LatentWindows(list_clips(args.data), cfg.speech if args.speech_encoder != "pretrained" else None)
     rng = np.random.default_rng(args.seed + 1000 * start + acc.process_index)
     gen = torch.Generator().manual_seed(args.seed + 7919 * start + acc.process_index)
-    val = validation_batch(data, f, sc)
+    val = validation_batch(data, f, sc, args.no_ans)
     log = CSVLog(f"{args.out}/log.csv", ["loss", "lr", "val_loss", "val_loss_noaudio"])
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=not acc.is_main_process)
     for step in bar:
-        z, ref, codes = (x.to(acc.device) for x in data.batch(args.batch_size, f, rng))
+        z, ref, codes = data.batch(args.batch_size, f, rng)
+        z, ref, codes = z.to(acc.device), ref.to(acc.device), to_device(codes, acc.device)
         B = z.shape[0]
-        t = sample_async_timesteps(B, f, sc.train_mu, sc.train_sigma, generator=gen).to(acc.device)
+        t = sample_async_timesteps(B, f, sc.train_mu, sc.train_sigma, generator=gen, synchronous=args.no_ans)
+        t = t.to(acc.device)
         noise = torch.randn((B,) + z.shape[1:2] + (f + 1,) + z.shape[3:], generator=gen).to(acc.device)
         drop_a = torch.rand(B, generator=gen).to(acc.device) < args.p_drop_audio
         drop_r = torch.rand(B, generator=gen).to(acc.device) < args.p_drop_ref
@@ -99,17 +145,24 @@ def main(argv=None):
                  lambda s: save_checkpoint(f"{args.out}/checkpoint", dit, opt, s, ema=ema))
     save_rank_params(acc, dit, args)
     if acc.is_main_process:
-        ema.save_pretrained(f"{args.out}/dit")
+        ema_dit, encoder = (ema.dit, ema.encoder) if isinstance(ema, SpeechDiT) else (ema, None)
+        ema_dit.save_pretrained(f"{args.out}/dit")
+        if encoder is not None:
+            encoder.save_pretrained(f"{args.out}/speech_encoder")
         plot_log(f"{args.out}/log.csv", f"{args.out}/loss.png", "A2V-DiT (ANS)")
-        if args.vae and args.speech_ae:
-            export(cfg, args.vae, args.speech_ae, ema, f"{args.out}/pipeline")
+        if args.vae and (args.speech_ae or encoder is not None):
+            export(cfg, args.vae, encoder if encoder is not None else args.speech_ae, ema_dit, f"{args.out}/pipeline")
 
 
-def validation_batch(data, f, sc):
+def to_device(audio, device):
+    return tuple(a.to(device) for a in audio) if isinstance(audio, tuple) else audio.to(device)
+
+
+def validation_batch(data, f, sc, synchronous=False):
     """A fixed batch with fixed times and noise, so val_loss curves are comparable across steps."""
     z, ref, codes = data.batch(16, f, np.random.default_rng(123))
     g = torch.Generator().manual_seed(123)
-    t = sample_async_timesteps(16, f, sc.train_mu, sc.train_sigma, generator=g)
+    t = sample_async_timesteps(16, f, sc.train_mu, sc.train_sigma, generator=g, synchronous=synchronous)
     noise = torch.randn((16,) + z.shape[1:2] + (f + 1,) + z.shape[3:], generator=g)
     return z, ref, codes, t, noise
 
@@ -122,14 +175,15 @@ def validate(model, val):
                 val_loss_noaudio=ans_loss(model, z, ref, codes, t, noise, yes, no).item())
 
 
-def export(cfg, vae_dir, speech_ae_dir, dit, out):
+def export(cfg, vae_dir, speech_ae, dit, out):
+    """A complete pipeline: the VAE folder, the speech encoder (a folder or a module) and the DiT."""
     from diffusers import AutoencoderKLLTXVideo
 
     from ..pipeline import TalkingHeadPipeline
-    from ..speech import SpeechAE
+    from ..speech import load_speech_encoder
 
-    pipe = TalkingHeadPipeline(AutoencoderKLLTXVideo.from_pretrained(vae_dir), SpeechAE.from_pretrained(speech_ae_dir),
-                               copy.deepcopy(dit), cfg)
+    encoder = load_speech_encoder(speech_ae) if isinstance(speech_ae, (str, bytes)) else copy.deepcopy(speech_ae)
+    pipe = TalkingHeadPipeline(AutoencoderKLLTXVideo.from_pretrained(vae_dir), encoder, copy.deepcopy(dit), cfg)
     pipe.save_pretrained(out)
 
 

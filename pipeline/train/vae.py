@@ -12,10 +12,12 @@ VAE is saved with `save_pretrained` in `OUT/vae`.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from ..config import get_preset
@@ -87,7 +89,7 @@ def main(argv=None):
     p.add_argument("--probe-weight", type=float, default=10.0, help="mouth-openness probe on the latents")
     p.add_argument("--vae-kwargs", help="JSON dict replacing the preset's AutoencoderKLLTXVideo kwargs")
     p.add_argument("--channels", help="comma-separated block_out_channels override, e.g. 32,32,64,64")
-    p.add_argument("--init-from", help="checkpoint folder to start from (weights only)")
+    p.add_argument("--init-from", help="checkpoint or save_pretrained folder to start from (weights only)")
     p.add_argument("--freeze-encoder", action="store_true", help="train the decoder only, on posterior means")
     p.add_argument("--deterministic", action="store_true", help="decode the posterior mean (no sampling noise)")
     p.add_argument("--image-steps", type=int, default=600, help="first steps on single frames (4x batch)")
@@ -101,8 +103,12 @@ def main(argv=None):
         ch = tuple(int(c) for c in args.channels.split(","))
         cfg.vae.kwargs.update(block_out_channels=ch, decoder_block_out_channels=ch)
     vae = build_vae(cfg.vae)
-    if args.init_from:  # weights only (no optimizer): e.g. continue a run with the encoder frozen
-        load_checkpoint(args.init_from, vae)
+    if args.init_from:  # weights only (no optimizer): a checkpoint folder or a save_pretrained folder
+        init = Path(args.init_from)
+        if (init / "model.safetensors").exists():
+            load_checkpoint(init, vae)
+        else:
+            vae.load_state_dict(load_file(str(init / "diffusion_pytorch_model.safetensors")))
     if args.freeze_encoder:  # latents stay exactly as cached for the DiT; only the decoder improves
         vae.encoder.requires_grad_(False)
         args.deterministic, args.image_steps = True, 0
