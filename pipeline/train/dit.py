@@ -7,7 +7,8 @@
 Each sample is [z_R, z_1 ... z_f]: a reference frame of the clip encoded alone, and f consecutive
 latent frames. Times are [0, t1, t2, ..., t2] with t1 < t2 (reference clean, motion frame less
 noisy); the audio and/or the reference are dropped at random so Joint- and Split-CFG work. The loss
-is the flow-matching velocity MSE on the clip frames. An EMA of the weights is what gets exported;
+is the flow-matching velocity MSE on the clip frames. An EMA of the weights (decay warmed up as
+min(ema, (1+step)/(10+step))) is what gets exported (`--export-weights raw` for the optimiser's);
 with --vae and --speech-ae the run ends with a complete `TalkingHeadPipeline` in OUT/pipeline.
 
 Ablations (READ Table 2 and Fig. 2), same script and budget:
@@ -101,6 +102,8 @@ def main(argv=None):
                    help="pretrained: cached codes of the pretrained SpeechAE (the method); scratch / linear: "
                         "ablations trained with the DiT on the cached Whisper features")
     p.add_argument("--no-ans", action="store_true", help="ablation: synchronous noise, plain clip concatenation")
+    p.add_argument("--export-weights", choices=["ema", "raw"], default="ema",
+                   help="which weights the run exports (raw: the optimiser's, for short runs where the EMA lags)")
     args = p.parse_args(argv)
     acc = make_accelerator(args)
     cfg = get_preset(args.preset)
@@ -138,20 +141,22 @@ def main(argv=None):
         acc.clip_grad_norm_(model.parameters(), 1.0)
         opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
         with torch.no_grad():
+            decay = min(args.ema, (1 + step) / (10 + step))  # warm-up: early EMAs forget the initialisation
             for pe, pm in zip(ema.parameters(), dit.parameters()):
-                pe.lerp_(pm, 1 - args.ema)
+                pe.lerp_(pm, 1 - decay)
         row = dict(loss=loss.item(), lr=sched.get_last_lr()[0])
         end_step(acc, args, step, log, row, bar, lambda: validate(ema, val),
                  lambda s: save_checkpoint(f"{args.out}/checkpoint", dit, opt, s, ema=ema))
     save_rank_params(acc, dit, args)
     if acc.is_main_process:
-        ema_dit, encoder = (ema.dit, ema.encoder) if isinstance(ema, SpeechDiT) else (ema, None)
-        ema_dit.save_pretrained(f"{args.out}/dit")
+        final = ema if args.export_weights == "ema" else dit
+        final_dit, encoder = (final.dit, final.encoder) if isinstance(final, SpeechDiT) else (final, None)
+        final_dit.save_pretrained(f"{args.out}/dit")
         if encoder is not None:
             encoder.save_pretrained(f"{args.out}/speech_encoder")
         plot_log(f"{args.out}/log.csv", f"{args.out}/loss.png", "A2V-DiT (ANS)")
         if args.vae and (args.speech_ae or encoder is not None):
-            export(cfg, args.vae, encoder if encoder is not None else args.speech_ae, ema_dit, f"{args.out}/pipeline")
+            export(cfg, args.vae, encoder if encoder is not None else args.speech_ae, final_dit, f"{args.out}/pipeline")
 
 
 def to_device(audio, device):
