@@ -100,3 +100,35 @@ def test_dit_ablation_runs_export_pipelines_that_generate(tmp_path, encoder):
     video = pipe(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8), 0.1 * rng.standard_normal(24000),
                  num_inference_steps=1, cfg_mode="joint", progress=False)
     assert video.frames.shape == (38, 128, 128, 3)
+
+
+def test_dit_finetune_starts_from_the_given_dit_and_speech_ae_and_trains_both(tmp_path):
+    """`--speech-encoder finetune --init-dit`: both models start from the given folders, both move."""
+    from pipeline.config import get_preset
+    from pipeline.dit import build_dit
+    from pipeline.pipeline import TalkingHeadPipeline
+    from pipeline.speech import build_speech_ae
+    from pipeline.train import dit as train_dit
+    from pipeline.vae import build_vae
+
+    cfg = get_preset("tiny")
+    _fake_latent_clips(tmp_path / "data", cfg)
+    build_vae(cfg.vae).save_pretrained(tmp_path / "vae")
+    torch.manual_seed(1)
+    init_dit, init_ae = build_dit(cfg.dit), build_speech_ae(cfg.speech)
+    init_dit.save_pretrained(tmp_path / "dit0"), init_ae.save_pretrained(tmp_path / "ae0")
+    out = tmp_path / "run"
+    train_dit.main(["--data", str(tmp_path / "data"), "--out", str(out), "--steps", "3", "--batch-size", "2",
+                    "--val-every", "3", "--save-every", "3", "--lr", "1e-3", "--warmup", "1", "--vae", str(tmp_path / "vae"),
+                    "--speech-ae", str(tmp_path / "ae0"), "--init-dit", str(tmp_path / "dit0"),
+                    "--speech-encoder", "finetune", "--export-weights", "raw"])
+    pipe = TalkingHeadPipeline.from_pretrained(out / "pipeline")
+
+    def dist(a, b):
+        return sum((p - q).abs().sum().item() for p, q in zip(a.parameters(), b.parameters()))
+
+    fresh = build_dit(cfg.dit)
+    assert 0 < dist(pipe.dit, init_dit) < 0.1 * dist(fresh, init_dit)  # moved a little from the init
+    enc_moved = sum((p - q).abs().sum().item() for (n, p), (_, q) in
+                    zip(pipe.speech_ae.named_parameters(), init_ae.named_parameters()) if n.startswith("enc"))
+    assert enc_moved > 0  # the encoder was trained with the DiT

@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 
+from ..config import SAMPLE_RATE
 from .mouth import clip_box, load_reader, read_openness
 
 MAX_LAG = 5
@@ -39,13 +40,17 @@ def lagged_correlation(pred: np.ndarray, true: np.ndarray, max_lag: int = MAX_LA
     return out
 
 
+def psnr(mse):
+    """PSNR in dB of 8-bit images from their mean squared error (scalar or array)."""
+    return 10 * np.log10(255.0**2 / np.maximum(mse, 1e-6))
+
+
 def masked_psnr(frames: np.ndarray, ref: np.ndarray, box) -> np.ndarray:
     """Per-frame PSNR against the reference, outside the mouth box."""
     mask = np.ones(ref.shape[:2], bool)
     x0, y0, x1, y1 = box
     mask[y0:y1, x0:x1] = False
-    err = ((frames.astype(np.float32) - ref.astype(np.float32)) ** 2)[:, mask].mean(axis=(1, 2))
-    return 10 * np.log10(255.0**2 / np.maximum(err, 1e-6))
+    return psnr(((frames.astype(np.float32) - ref.astype(np.float32)) ** 2)[:, mask].mean(axis=(1, 2)))
 
 
 def boundary_ratio(frames: np.ndarray, starts: list[int]) -> float:
@@ -57,18 +62,26 @@ def boundary_ratio(frames: np.ndarray, starts: list[int]) -> float:
 
 
 def evaluate_clip(pipe, reader, clip, size, **kwargs) -> dict:
+    """One clip generated from its first frame and its audio, against its ground truth.
+
+    `wall_s` is the generation alone (not the scoring), for real-time factors.
+    """
     ref = clip.frames[0]
     box = clip_box(clip.gt["mouth_box"], size)
+    t0 = time.perf_counter()
     chunks = list(pipe.stream(ref, clip.audio, progress=False, **kwargs))
+    wall = time.perf_counter() - t0
     frames = np.concatenate([c.frames for c in chunks])
     n = min(len(frames), len(clip.gt["openness"]))
     pred, true = read_openness(reader, frames[:n], box), clip.gt["openness"][:n]
     lags = lagged_correlation(pred, true)
     best = max(lags, key=lags.get)
+    identity = masked_psnr(frames, ref, box)
     return {"lipsync_correlation": lags[0], "best_lag": best, "best_lag_correlation": lags[best],
             "reader_gt_correlation": float(np.corrcoef(read_openness(reader, clip.frames[:n], box), true)[0, 1]),
-            "identity_psnr_first_s": float(masked_psnr(frames[:25], ref, box).mean()),
-            "boundary_ratio": boundary_ratio(frames, [c.start_frame for c in chunks]), "frames": n}
+            "identity_psnr_first_s": float(identity[:25].mean()), "identity_psnr_last_s": float(identity[-25:].mean()),
+            "boundary_ratio": boundary_ratio(frames, [c.start_frame for c in chunks]), "frames": n,
+            "wall_s": wall, "audio_s": len(clip.audio) / SAMPLE_RATE}
 
 
 def vae_reconstruction(pipe, reader, clip, size) -> dict:
@@ -86,9 +99,8 @@ def vae_reconstruction(pipe, reader, clip, size) -> dict:
     lags = lagged_correlation(read_openness(reader, frames, box), true)
     err = (frames.astype(np.float32) - clip.frames[:n].astype(np.float32)) ** 2
     x0, y0, x1, y1 = box
-    to_psnr = lambda e: float(10 * np.log10(255.0**2 / max(float(e), 1e-6)))  # noqa: E731
     return {"lipsync_correlation": lags[0], "best_lag": max(lags, key=lags.get),
-            "psnr": to_psnr(err.mean()), "mouth_psnr": to_psnr(err[:, y0:y1, x0:x1].mean()), "frames": n}
+            "psnr": float(psnr(err.mean())), "mouth_psnr": float(psnr(err[:, y0:y1, x0:x1].mean())), "frames": n}
 
 
 def long_video_identity(pipe, clip_fn, seconds: float, size: int, **kwargs) -> dict:
@@ -133,8 +145,10 @@ def main(argv=None):
         rows.append(vae_reconstruction(pipe, reader, clip, size) if args.vae_only
                     else evaluate_clip(pipe, reader, clip, size, **kw))
         print(f"clip {i}: {json.dumps({k: round(v, 3) for k, v in rows[-1].items()})}", flush=True)
-    summary = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k != "frames"}
+    summary = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k not in ("frames", "wall_s", "audio_s")}
     summary["best_lag_median"] = float(np.median([r["best_lag"] for r in rows]))
+    if not args.vae_only:
+        summary["rtf"] = sum(r["wall_s"] for r in rows) / sum(r["audio_s"] for r in rows)
     if args.long_seconds and not args.vae_only:
         summary["long_video"] = long_video_identity(pipe, lambda s: render_clip(clip_seed(args.seed, 10_000), s, size),
                                                     args.long_seconds, size, **kw)

@@ -16,6 +16,10 @@ Ablations (READ Table 2 and Fig. 2), same script and budget:
   cached Whisper features; `--speech-encoder linear`: no SpeechAE, a linear projection instead.
 - `--no-ans`: synchronous noise (one time for all clip frames) and, in the exported pipeline, plain
   clip concatenation (no motion frame carried from clip to clip).
+
+`--speech-encoder finetune` starts from the pretrained SpeechAE (`--speech-ae`) and trains it with the
+DiT (the encoder's decoder is unused); `--init-dit` starts the DiT from a trained one. Together they
+fine-tune a shipped model end to end (docs/TRAINING.md).
 """
 from __future__ import annotations
 
@@ -28,9 +32,9 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from ..config import get_preset
-from ..dit import build_dit
+from ..dit import A2VDiT, build_dit
 from ..scheduler import add_noise, sample_async_timesteps, velocity_target
-from ..speech import build_speech_encoder
+from ..speech import build_speech_encoder, load_speech_encoder
 from .cache import speech_windows
 from .common import (CSVLog, base_parser, latest_checkpoint, list_clips, load_checkpoint, make_accelerator, plot_log,
                      end_step, save_checkpoint, save_rank_params)
@@ -98,9 +102,11 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--vae", help="trained VAE folder: export a full pipeline at the end")
     p.add_argument("--speech-ae", help="trained SpeechAE folder: export a full pipeline at the end")
-    p.add_argument("--speech-encoder", choices=["pretrained", "scratch", "linear"], default="pretrained",
-                   help="pretrained: cached codes of the pretrained SpeechAE (the method); scratch / linear: "
-                        "ablations trained with the DiT on the cached Whisper features")
+    p.add_argument("--speech-encoder", choices=["pretrained", "finetune", "scratch", "linear"], default="pretrained",
+                   help="pretrained: cached codes of the frozen pretrained SpeechAE (the method); finetune: the "
+                        "pretrained SpeechAE trained with the DiT; scratch / linear: ablations trained with the "
+                        "DiT on the cached Whisper features")
+    p.add_argument("--init-dit", help="start the DiT from this trained DiT folder (save_pretrained)")
     p.add_argument("--no-ans", action="store_true", help="ablation: synchronous noise, plain clip concatenation")
     p.add_argument("--export-weights", choices=["ema", "raw"], default="ema",
                    help="which weights the run exports (raw: the optimiser's, for short runs where the EMA lags)")
@@ -109,8 +115,12 @@ def main(argv=None):
     cfg = get_preset(args.preset)
     cfg.sampling.motion_guidance = not args.no_ans
     f, sc = cfg.sampling.clip_latent_frames, cfg.sampling
-    dit = build_dit(cfg.dit).train()
-    if args.speech_encoder != "pretrained":
+    dit = (A2VDiT.from_pretrained(args.init_dit) if args.init_dit else build_dit(cfg.dit)).train()
+    if args.speech_encoder == "finetune":
+        if not args.speech_ae:
+            p.error("--speech-encoder finetune starts from --speech-ae")
+        dit = SpeechDiT(dit, load_speech_encoder(args.speech_ae)).train()
+    elif args.speech_encoder != "pretrained":
         kind = "linear" if args.speech_encoder == "linear" else "speech_ae"
         dit = SpeechDiT(dit, build_speech_encoder(cfg.speech, kind)).train()
     ema = copy.deepcopy(dit).requires_grad_(False)
@@ -185,7 +195,6 @@ def export(cfg, vae_dir, speech_ae, dit, out):
     from diffusers import AutoencoderKLLTXVideo
 
     from ..pipeline import TalkingHeadPipeline
-    from ..speech import load_speech_encoder
 
     encoder = load_speech_encoder(speech_ae) if isinstance(speech_ae, (str, bytes)) else copy.deepcopy(speech_ae)
     pipe = TalkingHeadPipeline(AutoencoderKLLTXVideo.from_pretrained(vae_dir), encoder, copy.deepcopy(dit), cfg)
