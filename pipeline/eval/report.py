@@ -163,13 +163,18 @@ def _fmt(x, nd=3):
     return "—" if x is None else f"{x:.{nd}f}"
 
 
+def _runtime_note(results: dict, section: str) -> str:
+    n = results.get("threads", {}).get(section)
+    return " ".join(x for x in ((f"RTF measured with {n} torch thread(s)." if n else ""), results.get(f"{section}_note", "")) if x)
+
+
 def markdown(results: dict, img_rel: str) -> str:
     env = results.get("environment", {})
     lines = ["# Results: READ's ablations in the synthetic domain", "",
              "Made by `python -m pipeline.eval.report` (see its docstring for the command and options); numbers "
              "from the held-out synthetic test set "
              f"({results['test']['clips']} clips x {results['test']['seconds']:g} s, seed {results['test']['seed']}), "
-             f"runtimes end to end on {env.get('machine', 'this machine')} with {env.get('threads', '?')} torch threads.",
+             f"runtimes end to end on {env.get('machine', 'this machine')} (torch threads per section below).",
              "Lip-sync: correlation of the mouth reader's openness on the generated video with the ground-truth "
              "openness of the audio (bar 0.7). Boundary ratio: frame change across clip boundaries / within clips "
              "(bar 1.5). Identity: PSNR outside the mouth box against the reference (dB).", ""]
@@ -180,7 +185,7 @@ def markdown(results: dict, img_rel: str) -> str:
         lines += [f"| {r['cfg_mode']} | {r['num_inference_steps']} | {_fmt(r['rtf'])} | {_fmt(r['lipsync_correlation'])} | "
                   f"{r['best_lag_median']:+.0f} | {_fmt(r['boundary_ratio'], 2)} | {_fmt(r['identity_psnr_first_s'], 1)} |"
                   for r in sweep]
-        lines += ["", results.get("sweep_note", ""), ""]
+        lines += ["", _runtime_note(results, "sweep"), ""]
     models = results.get("models")
     if models:
         lines += ["## SpeechAE and ANS ablations (READ Table 2, Fig. 2)", "",
@@ -191,7 +196,7 @@ def markdown(results: dict, img_rel: str) -> str:
         lines += [f"| {ABLATIONS.get(k, k)} | {_fmt(m['lipsync_correlation'])} | {m['best_lag_median']:+.0f} | "
                   f"{_fmt(m['boundary_ratio'], 2)} | {_fmt(m['identity_psnr_first_s'], 1)} | {_fmt(m['rtf'])} | "
                   f"{PAPER.get(k, '—')} |" for k, m in models.items()]
-        lines += ["", results.get("models_note", ""), ""]
+        lines += ["", _runtime_note(results, "models"), ""]
     if results.get("heatmap"):
         lines += ["### Frame difference at a clip boundary (READ Fig. 2)", "",
                   f"![boundary heat map]({img_rel}/results_boundary.png)", "",
@@ -208,7 +213,7 @@ def markdown(results: dict, img_rel: str) -> str:
         lines += [f"| {r['length']} | {_fmt(r['lipsync_correlation'])} | {_fmt(r['boundary_ratio'], 2)} | "
                   f"{_fmt(r['identity_psnr_first_s'], 1)} | {_fmt(r['identity_psnr_last_s'], 1)} | {_fmt(r['rtf'])} | "
                   f"{PAPER.get(r['length'], '—')} |" for r in lengths]
-        lines += ["", results.get("lengths_note", ""), ""]
+        lines += ["", _runtime_note(results, "lengths"), ""]
     lines += ["## Where the direction matches the paper", ""] + [f"- {c}" for c in compare(results)] + [""]
     return "\n".join(lines)
 
@@ -291,7 +296,8 @@ def main(argv=None):
     results.update(test=dict(clips=args.clips, seconds=args.seconds, seed=args.seed),
                    environment=dict(machine=f"{platform.machine()} CPU, {os.cpu_count()} cores"
                                     if not torch.cuda.is_available() else torch.cuda.get_device_name(),
-                                    threads=torch.get_num_threads(), torch=torch.__version__))
+                                    torch=torch.__version__))
+    threads = results.setdefault("threads", {})  # per section: sections are often re-run on their own
     todo = set(args.only or ["sweep", "models", "lengths"])
     reader = load_reader()
     pipe = TalkingHeadPipeline.from_pretrained(args.checkpoint)
@@ -299,13 +305,13 @@ def main(argv=None):
     settings = dict(num_inference_steps=args.steps, cfg_mode=args.cfg)
     img = out.parent / "img"
     if "sweep" in todo:
-        results["sweep"] = run_sweep(pipe, reader, test, args.sweep_steps)
+        results["sweep"], threads["sweep"] = run_sweep(pipe, reader, test, args.sweep_steps), torch.get_num_threads()
         plot_sweep(results["sweep"], img / "results_sweep.png")
     if "models" in todo:
         folders = {k: Path(args.ablations) / k / "pipeline" for k in ABLATIONS}
         folders = {k: v for k, v in folders.items() if (v / "pipeline.json").exists()}
         if folders:
-            results["models"] = run_models(folders, reader, test, settings)
+            results["models"], threads["models"] = run_models(folders, reader, test, settings), torch.get_num_threads()
             results["ablation_settings"] = f"{args.steps} steps {args.cfg.title()}-CFG"
             budget = Path(args.ablations) / "budget.txt"
             results["ablation_budget"] = budget.read_text().strip() if budget.exists() else "see docs/TRAINING.md"
@@ -316,6 +322,7 @@ def main(argv=None):
             print(f"no ablation models in {args.ablations}: section skipped")
     if "lengths" in todo:
         results["lengths"] = run_lengths(pipe, reader, test, settings, args.length_clips, args.lengths)
+        threads["lengths"] = torch.get_num_threads()
         results["length_settings"] = f"{args.steps} steps {args.cfg.title()}-CFG"
     store.parent.mkdir(parents=True, exist_ok=True)
     store.write_text(json.dumps(results, indent=2))
