@@ -132,3 +132,26 @@ def test_dit_finetune_starts_from_the_given_dit_and_speech_ae_and_trains_both(tm
     enc_moved = sum((p - q).abs().sum().item() for (n, p), (_, q) in
                     zip(pipe.speech_ae.named_parameters(), init_ae.named_parameters()) if n.startswith("enc"))
     assert enc_moved > 0  # the encoder was trained with the DiT
+
+
+def test_speech_dit_encodes_a_prefix_and_matches_the_whole_clip_codes():
+    """SpeechDiT encodes only the frames it needs (the encoder is causal): same output as whole-clip codes."""
+    from pipeline.config import get_preset
+    from pipeline.dit import build_dit
+    from pipeline.speech import build_speech_ae
+    from pipeline.train.dit import SpeechDiT
+
+    cfg = get_preset("tiny")
+    torch.manual_seed(0)
+    dit, enc = build_dit(cfg.dit).eval(), build_speech_ae(cfg.speech).eval()
+    f, k = cfg.sampling.clip_latent_frames, 12
+    windows = torch.randn(2, 1 + 8 * (k - 1), cfg.speech.window_dim)
+    starts = torch.tensor([1, 4])
+    x = torch.randn(2, cfg.dit.in_channels, 1 + f, 4, 4)
+    t = torch.rand(2, 1 + f)
+    with torch.no_grad():
+        codes = enc.encode(windows)  # the whole clips
+        idx = starts[:, None] + torch.arange(f)
+        want = dit(x, t, codes[torch.arange(2)[:, None], idx])
+        got = SpeechDiT(dit, enc)(x, t, (windows, starts))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
-from ..config import get_preset
+from ..config import TEMPORAL_COMPRESSION, get_preset
 from ..dit import A2VDiT, build_dit
 from ..scheduler import add_noise, sample_async_timesteps, velocity_target
 from ..speech import build_speech_encoder, load_speech_encoder
@@ -69,8 +69,11 @@ class LatentWindows:
 
 
 class SpeechDiT(torch.nn.Module):
-    """The DiT and a speech encoder trained together (the SpeechAE ablations): one module, so that
-    several processes keep both in sync. `audio` is (whole-clip windows, first latent index)."""
+    """The DiT and a speech encoder trained together (fine-tuning, the SpeechAE ablations): one module, so
+    that several processes keep both in sync. `audio` is (whole-clip windows, first latent index).
+
+    The encoder is causal, so only the frames up to the batch's last needed latent frame are encoded.
+    """
 
     def __init__(self, dit, encoder):
         super().__init__()
@@ -79,7 +82,8 @@ class SpeechDiT(torch.nn.Module):
     def forward(self, x, t, audio, drop_audio=None, drop_ref=None):
         windows, starts = audio
         f = x.shape[2] - 1
-        codes = self.encoder.encode(windows)  # (B, K, M, Dc) for the whole clips
+        last = int(starts.max()) + f - 1  # the last latent frame any sample needs
+        codes = self.encoder.encode(windows[:, : 1 + TEMPORAL_COMPRESSION * last])  # (B, 1+last, M, Dc)
         idx = starts.to(codes.device)[:, None] + torch.arange(f, device=codes.device)  # (B, f)
         codes = codes[torch.arange(len(idx), device=codes.device)[:, None], idx]
         return self.dit(x, t, codes, drop_audio=drop_audio, drop_ref=drop_ref)
