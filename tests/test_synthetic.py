@@ -111,3 +111,16 @@ def test_cli_writes_clips(tmp_path):
     assert np.array_equal(frames, again.frames)
     meta = json.loads((tmp_path / "clip_00001" / "meta.json").read_text())
     assert {"identity", "text", "voice", "rate", "pitch", "seed"} <= set(meta)
+
+
+def test_cli_grows_a_data_set_to_what_one_run_makes(tmp_path):
+    """`--first` renders only the new clips; the index equals a single run's, other settings refused."""
+    common = ["--seconds", "0.5", "--seed", "4", "--size", "32"]
+    synthetic.main(["--out", str(tmp_path / "grown"), "--clips", "1", *common])
+    synthetic.main(["--out", str(tmp_path / "grown"), "--clips", "2", "--first", "1", *common])
+    synthetic.main(["--out", str(tmp_path / "once"), "--clips", "2", *common])
+    grown, once = (json.loads((tmp_path / d / "index.json").read_text()) for d in ("grown", "once"))
+    assert grown == once and len(grown["clips"]) == 2
+    with pytest.raises(SystemExit):  # another seed would mix two data sets
+        synthetic.main(["--out", str(tmp_path / "grown"), "--clips", "3", "--first", "2", "--seconds", "0.5",
+                        "--seed", "5", "--size", "32"])

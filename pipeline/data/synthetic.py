@@ -157,17 +157,29 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description="Render synthetic talking-face clips.")
     ap.add_argument("--out", required=True, help="output directory")
     ap.add_argument("--clips", type=int, default=8, help="number of clips")
+    ap.add_argument("--first", type=int, default=0,
+                    help="render clips first..clips-1 only: grow a data set (clip i does not depend on N)")
     ap.add_argument("--seconds", type=float, default=6.0, help="length of each clip")
     ap.add_argument("--seed", type=int, default=0, help="dataset seed")
     ap.add_argument("--size", type=int, default=128, help="frame size in pixels (square)")
     ap.add_argument("--workers", type=int, default=1, help="parallel processes")
     ap.add_argument("--preview", action="store_true", help="also write preview.mp4 per clip")
     args = ap.parse_args(argv)
-    if args.clips < 1 or args.seconds <= 0 or args.size < 32 or args.workers < 1:
-        ap.error("need --clips >= 1, --seconds > 0, --size >= 32 and --workers >= 1")
+    if args.clips < 1 or args.seconds <= 0 or args.size < 32 or args.workers < 1 or not 0 <= args.first < args.clips:
+        ap.error("need --clips >= 1, 0 <= --first < --clips, --seconds > 0, --size >= 32 and --workers >= 1")
     os.makedirs(args.out, exist_ok=True)
+    kept = []
+    if args.first:
+        with open(os.path.join(args.out, "index.json")) as f:
+            old = json.load(f)
+        if (old["seed"], old["size"], old["seconds"]) != (args.seed, args.size, args.seconds):
+            ap.error(f"--first grows a data set made with the same --seed, --size and --seconds; "
+                     f"{args.out} has {old['seed']}, {old['size']}, {old['seconds']}")
+        kept = old["clips"][: args.first]
+        if len(kept) < args.first:
+            ap.error(f"{args.out} has {len(kept)} clips, fewer than --first {args.first}")
     jobs = [(args.out, args.seed, i, args.seconds, args.size, args.preview)
-            for i in range(args.clips)]
+            for i in range(args.first, args.clips)]
     wall = time.perf_counter()
     if args.workers == 1:
         results = [_make_one(j) for j in jobs]
@@ -177,13 +189,13 @@ def main(argv=None) -> None:
         with mp.get_context("spawn").Pool(args.workers) as pool:  # espeak state is per process
             results = pool.map(_make_one, jobs)
     wall = time.perf_counter() - wall
-    entries, cpu = [r[0] for r in results], sum(r[1] for r in results)
+    entries, cpu = kept + [r[0] for r in results], sum(r[1] for r in results)
     index = {"seed": args.seed, "size": args.size, "fps": FPS, "sample_rate": SAMPLE_RATE,
              "seconds": args.seconds, "clips": entries}
     with open(os.path.join(args.out, "index.json"), "w") as f:
         json.dump(index, f, indent=1)
-    minutes = sum(e["seconds"] for e in entries) / 60
-    print(f"wrote {len(entries)} clips ({minutes * 60:.1f} s of data, {args.size}px) to {args.out} "
+    minutes = sum(e["seconds"] for e in entries[len(kept):]) / 60
+    print(f"wrote {len(entries) - len(kept)} clips ({minutes * 60:.1f} s of data, {args.size}px) to {args.out} "
           f"in {wall:.1f} s wall, {cpu:.1f} s CPU = {cpu / minutes:.1f} CPU s per minute of data")
 
 
