@@ -103,7 +103,8 @@ def test_dit_ablation_runs_export_pipelines_that_generate(tmp_path, encoder):
 
 
 def test_dit_finetune_starts_from_the_given_dit_and_speech_ae_and_trains_both(tmp_path):
-    """`--speech-encoder finetune --init-dit`: both models start from the given folders, both move."""
+    """`--speech-encoder finetune --init-dit`: both models start from the given folders, both move;
+    `--heldout` logs a loss on clips it does not train on."""
     from pipeline.config import get_preset
     from pipeline.dit import build_dit
     from pipeline.pipeline import TalkingHeadPipeline
@@ -121,8 +122,12 @@ def test_dit_finetune_starts_from_the_given_dit_and_speech_ae_and_trains_both(tm
     train_dit.main(["--data", str(tmp_path / "data"), "--out", str(out), "--steps", "3", "--batch-size", "2",
                     "--val-every", "3", "--save-every", "3", "--lr", "1e-3", "--warmup", "1", "--vae", str(tmp_path / "vae"),
                     "--speech-ae", str(tmp_path / "ae0"), "--init-dit", str(tmp_path / "dit0"),
-                    "--speech-encoder", "finetune", "--export-weights", "raw"])
+                    "--speech-encoder", "finetune", "--export-weights", "raw", "--heldout", str(tmp_path / "data")])
     pipe = TalkingHeadPipeline.from_pretrained(out / "pipeline")
+    import csv
+
+    rows = list(csv.DictReader((out / "log.csv").open()))
+    assert float(rows[-1]["heldout_loss"]) > 0  # the held-out clips were scored at the validation step
 
     def dist(a, b):
         return sum((p - q).abs().sum().item() for p, q in zip(a.parameters(), b.parameters()))

@@ -111,6 +111,8 @@ def main(argv=None):
                         "pretrained SpeechAE trained with the DiT; scratch / linear: ablations trained with the "
                         "DiT on the cached Whisper features")
     p.add_argument("--init-dit", help="start the DiT from this trained DiT folder (save_pretrained)")
+    p.add_argument("--heldout", help="clips never trained on (cached like --data): logs heldout_loss, which rises "
+                                     "when the DiT starts to memorise the training clips")
     p.add_argument("--no-ans", action="store_true", help="ablation: synchronous noise, plain clip concatenation")
     p.add_argument("--export-weights", choices=["ema", "raw"], default="ema",
                    help="which weights the run exports (raw: the optimiser's, for short runs where the EMA lags)")
@@ -134,11 +136,13 @@ def main(argv=None):
     start = load_checkpoint(ckpt, dit, opt, ema)["step"] if ckpt else 0
     sched.last_epoch = start
     model, opt = acc.prepare(dit, opt)
-    data = LatentWindows(list_clips(args.data), cfg.speech if args.speech_encoder != "pretrained" else None)
+    speech_cfg = cfg.speech if args.speech_encoder != "pretrained" else None  # whisper windows for a trained encoder
+    data = LatentWindows(list_clips(args.data), speech_cfg)
     rng = np.random.default_rng(args.seed + 1000 * start + acc.process_index)
     gen = torch.Generator().manual_seed(args.seed + 7919 * start + acc.process_index)
     val = validation_batch(data, f, sc, args.no_ans)
-    log = CSVLog(f"{args.out}/log.csv", ["loss", "lr", "val_loss", "val_loss_noaudio"])
+    heldout = validation_batch(LatentWindows(list_clips(args.heldout), speech_cfg), f, sc, args.no_ans) if args.heldout else None
+    log = CSVLog(f"{args.out}/log.csv", ["loss", "lr", "val_loss", "val_loss_noaudio"] + (["heldout_loss"] if heldout else []))
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=not acc.is_main_process)
     for step in bar:
         z, ref, codes = data.batch(args.batch_size, f, rng)
@@ -159,7 +163,7 @@ def main(argv=None):
             for pe, pm in zip(ema.parameters(), dit.parameters()):
                 pe.lerp_(pm, 1 - decay)
         row = dict(loss=loss.item(), lr=sched.get_last_lr()[0])
-        end_step(acc, args, step, log, row, bar, lambda: validate(ema, val),
+        end_step(acc, args, step, log, row, bar, lambda: validate(ema, val, heldout),
                  lambda s: save_checkpoint(f"{args.out}/checkpoint", dit, opt, s, ema=ema))
     save_rank_params(acc, dit, args)
     if acc.is_main_process:
@@ -187,11 +191,16 @@ def validation_batch(data, f, sc, synchronous=False):
 
 
 @torch.no_grad()
-def validate(model, val):
+def validate(model, val, heldout=None):
+    """Fixed-batch losses on training clips (with and without audio) and, if given, on held-out clips."""
     z, ref, codes, t, noise = val
     no, yes = torch.zeros(len(z), dtype=torch.bool), torch.ones(len(z), dtype=torch.bool)
-    return dict(val_loss=ans_loss(model, z, ref, codes, t, noise, no, no).item(),
-                val_loss_noaudio=ans_loss(model, z, ref, codes, t, noise, yes, no).item())
+    out = dict(val_loss=ans_loss(model, z, ref, codes, t, noise, no, no).item(),
+               val_loss_noaudio=ans_loss(model, z, ref, codes, t, noise, yes, no).item())
+    if heldout is not None:
+        z, ref, codes, t, noise = heldout
+        out["heldout_loss"] = ans_loss(model, z, ref, codes, t, noise, no[: len(z)], no[: len(z)]).item()
+    return out
 
 
 def export(cfg, vae_dir, speech_ae, dit, out):
