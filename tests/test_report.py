@@ -35,3 +35,17 @@ def test_report_measures_every_section_and_writes_markdown(small_pipe, tmp_path)
                  "--out", str(out)])
     again = json.loads(out.with_suffix(".json").read_text())
     assert again["sweep"] == results["sweep"] and [r["length"] for r in again["lengths"]] == [17]
+
+
+def test_synthetic_evaluation_names_the_settings_it_resolved(small_pipe, tmp_path):
+    """The summary says which sampling settings ran: overrides, else the checkpoint's own defaults."""
+    from pipeline.eval import synthetic
+
+    small_pipe.save_pretrained(tmp_path / "model")
+    out = tmp_path / "eval.json"
+    synthetic.main(["--checkpoint", str(tmp_path / "model"), "--clips", "1", "--seconds", "1", "--long-seconds", "0",
+                    "--steps", "1", "--json", str(out)])
+    summary = json.loads(out.read_text())
+    sc = small_pipe.config.sampling
+    assert summary["settings"] == dict(num_inference_steps=1, cfg_mode=sc.cfg_mode, alpha=sc.alpha, beta=sc.beta)
+    assert summary["rtf"] > 0 and -1 <= summary["lipsync_correlation"] <= 1

@@ -103,6 +103,14 @@ def vae_reconstruction(pipe, reader, clip, size) -> dict:
             "psnr": float(psnr(err.mean())), "mouth_psnr": float(psnr(err[:, y0:y1, x0:x1].mean())), "frames": n}
 
 
+def resolved_settings(pipe, overrides: dict) -> dict:
+    """The sampling settings a run used: the overrides given, else the pipeline's own defaults
+    (a trainer's export carries its preset's, which need not be the shipped model's)."""
+    sc = pipe.config.sampling
+    defaults = dict(num_inference_steps=sc.num_inference_steps, cfg_mode=sc.cfg_mode, alpha=sc.alpha, beta=sc.beta)
+    return {k: overrides.get(k) if overrides.get(k) is not None else v for k, v in defaults.items()}
+
+
 def long_video_identity(pipe, clip_fn, seconds: float, size: int, **kwargs) -> dict:
     """Identity PSNR in the first and the last second of one long video."""
     clip = clip_fn(seconds)
@@ -153,8 +161,7 @@ def main(argv=None):
         summary["long_video"] = long_video_identity(pipe, lambda s: render_clip(clip_seed(args.seed, 10_000), s, size),
                                                     args.long_seconds, size, **kw)
     summary.update(clips=args.clips, seconds=args.seconds, seed=args.seed, wall_s=time.perf_counter() - t0,
-                   settings="VAE reconstruction" if args.vae_only else
-                   ({k: v for k, v in kw.items() if v is not None} or "model defaults"))
+                   settings="VAE reconstruction" if args.vae_only else resolved_settings(pipe, kw))
     print(json.dumps(summary, indent=2))
     if args.json:
         with open(args.json, "w") as f:
