@@ -68,9 +68,14 @@ def decode(vae, z: torch.Tensor) -> torch.Tensor:
 class StreamingDecoder:
     """Decode a growing latent sequence clip by clip without seams.
 
-    Each `push` decodes the not-yet-emitted latents together with `context` earlier latent frames
-    (the decoder's left receptive field) and holds back the last `lookahead` frames until more
-    latents arrive (its right receptive field); frames of the context are decoded but dropped.
+    Each `push` decodes the latents from `context` latent frames before the first frame not yet
+    emitted (the decoder's left receptive field) to the newest, and holds back the last `holdback`
+    video frames until more latents arrive (its right receptive field: the decoder is not causal).
+    The first push holds back only `first_holdback`, so that a first clip of 5 latent frames still
+    makes a 1-s chunk (33 - 8 = 25 frames), and 15 is the most that keeps the second one at 1 s too
+    (65 - 15 - 25). Context frames are decoded but dropped. Holding back one latent's 8 frames left
+    a visible step at every chunk seam (frame change 1.58x the change within a chunk, on 6 held-out
+    clips of the shipped model); 12 frames: 1.41x; 15: 1.22x (docs/TRAINING.md).
 
     On CPU a non-final decode of fewer than `min_latents` latent frames is padded by repeating its
     last latent frame (the held-back frames see it instead of the next clip's; the emitted ones
@@ -79,27 +84,30 @@ class StreamingDecoder:
     `tiny` VAE decode 2.4x slower than 6 (0.19 s vs 0.08 s, one thread).
     """
 
-    def __init__(self, vae, context: int = 2, lookahead: int = 1, min_latents: int = 6):
+    def __init__(self, vae, context: int = 2, holdback: int = 15, first_holdback: int = 8, min_latents: int = 6):
         assert context >= 1, "the first decoded latent yields one frame only: keep one of context"
-        self.vae, self.context, self.lookahead, self.min_latents = vae, context, lookahead, min_latents
+        self.vae, self.context, self.min_latents = vae, context, min_latents
+        self.holdback, self.first_holdback = holdback, first_holdback
         self.latents: torch.Tensor | None = None
-        self.done = 0  # latent frames whose video frames have been emitted
+        self.emitted = 0  # video frames emitted so far
 
     def push(self, new: torch.Tensor, final: bool = False) -> torch.Tensor | None:
         """Append latents (B, C, n, h, w); return newly final pixels (B, 3, T, H, W) or None."""
+        T = TEMPORAL_COMPRESSION
         self.latents = new if self.latents is None else torch.cat([self.latents, new], dim=2)
         total = self.latents.shape[2]
-        end = total if final else total - self.lookahead  # emit latents [done, end)
-        if end <= self.done:
+        hold = 0 if final else self.first_holdback if self.emitted == 0 else self.holdback
+        end = 1 + T * (total - 1) - hold  # emit video frames [emitted, end)
+        if end <= self.emitted:
             return None
-        start = max(0, self.done - self.context)
+        first_latent = 0 if self.emitted == 0 else 1 + (self.emitted - 1) // T  # the latent of frame `emitted`
+        start = max(0, first_latent - self.context)
         window = self.latents[:, :, start:total]
         pad = self.min_latents - window.shape[2] if not final and window.device.type == "cpu" else 0
         if pad > 0:
             window = torch.cat([window, window[:, :, -1:].expand(-1, -1, pad, -1, -1)], dim=2)
         frames = decode(self.vae, window)
-        # frame index of latent m within a decode that starts at latent `start`
-        first = 0 if self.done == 0 else 1 + TEMPORAL_COMPRESSION * (self.done - 1 - start)
-        last = 1 + TEMPORAL_COMPRESSION * (end - 1 - start)
-        self.done = end
-        return frames[:, :, first:last]
+        offset = T * start  # video frame g is frame g - offset of a decode that starts at latent `start`
+        out = frames[:, :, self.emitted - offset : end - offset]
+        self.emitted = end
+        return out

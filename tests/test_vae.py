@@ -46,13 +46,17 @@ def test_streaming_decode_bookkeeping(vae):
     torch.manual_seed(1)
     z = torch.randn(1, 16, 13, 2, 2)  # 3 clips of 5 latent frames overlapping by one
     full = vae_lib.decode(vae, z)
-    for context, lookahead in [(1, 0), (2, 1), (13, 0)]:
-        dec = vae_lib.StreamingDecoder(vae, context=context, lookahead=lookahead)
+    for context, holdback in [(1, 0), (2, 8), (2, 12), (13, 0)]:
+        dec = vae_lib.StreamingDecoder(vae, context=context, holdback=holdback, first_holdback=min(holdback, 8))
         parts = [dec.push(z[:, :, :5]), dec.push(z[:, :, 5:9]), dec.push(z[:, :, 9:], final=True)]
         streamed = torch.cat([p for p in parts if p is not None], dim=2)
-        assert streamed.shape == full.shape, (context, lookahead)
+        assert streamed.shape == full.shape, (context, holdback)
     # last push decodes everything with full left context -> its frames equal one-shot's
     assert torch.allclose(parts[-1], full[:, :, -parts[-1].shape[2]:], atol=1e-5)
+    # the defaults: a 1-s first chunk from a 5-latent clip, then chunks of >= 1 s
+    dec = vae_lib.StreamingDecoder(vae)
+    sizes = [dec.push(z[:, :, :5]).shape[2], dec.push(z[:, :, 5:9]).shape[2], dec.push(z[:, :, 9:], final=True).shape[2]]
+    assert sizes == [25, 25, 47]
 
 
 def test_streaming_decoder_pads_small_cpu_decodes_without_changing_what_it_emits(vae):
