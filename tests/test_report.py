@@ -28,7 +28,7 @@ def test_report_measures_every_section_and_writes_markdown(small_pipe, tmp_path)
     for heading in ("Steps x CFG", "SpeechAE and ANS ablations", "Frame difference at a clip boundary", "Length",
                     "Where the direction matches the paper"):
         assert heading in text
-    assert "ANS: boundary ratio" in text and "Split-CFG costs more" in text
+    assert "ANS: ratio at the DiT clip seams" in text and "Split-CFG costs more" in text
     # one section again: the others are kept from the JSON
     report.main(["--checkpoint", str(tmp_path / "model"), "--ablations", str(tmp_path / "ablations"), "--clips", "1",
                  "--seconds", "2", "--lengths", "17", "--length-clips", "1", "--steps", "1", "--only", "lengths",
@@ -49,3 +49,14 @@ def test_synthetic_evaluation_names_the_settings_it_resolved(small_pipe, tmp_pat
     sc = small_pipe.config.sampling
     assert summary["settings"] == dict(num_inference_steps=1, cfg_mode=sc.cfg_mode, alpha=sc.alpha, beta=sc.beta)
     assert summary["rtf"] > 0 and -1 <= summary["lipsync_correlation"] <= 1
+
+
+def test_clip_seams_are_where_the_sampler_starts_new_latents():
+    from pipeline import sampler
+    from pipeline.eval.synthetic import clip_seams
+
+    for f, n_lat in ((5, 25), (3, 9), (16, 31)):
+        n_lat = sampler.padded_latent_frames(n_lat, f)
+        starts = [j * (f - 1) for j in range(1, sampler.num_clips(n_lat, f))]  # clip j's shared motion latent
+        frames = 1 + 8 * (n_lat - 1)
+        assert clip_seams(frames, f) == [1 + 8 * s for s in starts]  # first frame of clip j's first new latent
