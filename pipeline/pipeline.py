@@ -325,7 +325,7 @@ class TalkingHeadPipeline:
             t_dit, t_dec = t_dit + t1 - t0, t_dec + t2 - t1
             if pixels is None:
                 continue
-            frames = ((pixels[0].permute(1, 2, 3, 0).float() + 1) * 127.5).round().clamp(0, 255).byte().cpu().numpy()
+            frames = vae_lib.to_uint8(pixels)
             frames = frames[: max(0, num_frames - emitted)]
             if len(frames) == 0:
                 continue

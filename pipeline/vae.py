@@ -65,6 +65,11 @@ def decode(vae, z: torch.Tensor) -> torch.Tensor:
     return x.float().clamp(-1, 1)
 
 
+def to_uint8(pixels: torch.Tensor):
+    """Decoded pixels (B, 3, T, H, W) in [-1, 1] -> the first video as (T, H, W, 3) uint8 numpy."""
+    return ((pixels[0].permute(1, 2, 3, 0).float() + 1) * 127.5).round().clamp(0, 255).byte().cpu().numpy()
+
+
 class StreamingDecoder:
     """Decode a growing latent sequence clip by clip without seams.
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config import FPS
 from .mouth import load_reader
 from .synthetic import clip_seams, evaluate_clip
 
@@ -53,7 +54,7 @@ class TestSet:
         self.clips = [render_clip(clip_seed(seed, i), seconds, size) for i in range(clips)]
 
     def long(self, i: int, frames: int):
-        return self._render(self._seed_of(self.seed, 20_000 + i), frames / 25.0, self.size)
+        return self._render(self._seed_of(self.seed, 20_000 + i), frames / FPS, self.size)
 
 
 def evaluate(pipe, reader, clips, size, **settings) -> dict:

@@ -100,10 +100,9 @@ def vae_reconstruction(pipe, reader, clip, size) -> dict:
 
     from .. import vae as vae_lib
 
-    n = 1 + 8 * ((len(clip.frames) - 1) // 8)
+    n = vae_lib.video_frames(vae_lib.latent_frames(len(clip.frames)))  # whole latent frames only
     x = torch.from_numpy(clip.frames[:n]).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
-    rec = vae_lib.decode(pipe.vae, vae_lib.encode(pipe.vae, x.to(pipe.device, pipe.vae.dtype)))
-    frames = ((rec[0].permute(1, 2, 3, 0).cpu() + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+    frames = vae_lib.to_uint8(vae_lib.decode(pipe.vae, vae_lib.encode(pipe.vae, x.to(pipe.device, pipe.vae.dtype))))
     box = clip_box(clip.gt["mouth_box"], size)
     true = clip.gt["openness"][:n]
     lags = lagged_correlation(read_openness(reader, frames, box), true)
@@ -148,13 +147,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     pipe = TalkingHeadPipeline.from_pretrained(args.checkpoint)
     if args.vae:  # same architecture, other weights: a training checkpoint or a save_pretrained folder
-        from pathlib import Path
+        from ..train.common import load_weights
 
-        from safetensors.torch import load_file
-
-        folder = Path(args.vae)
-        name = "model.safetensors" if (folder / "model.safetensors").exists() else "diffusion_pytorch_model.safetensors"
-        pipe.vae.load_state_dict(load_file(str(folder / name)))
+        load_weights(args.vae, pipe.vae)
     size, reader = pipe.config.height, load_reader()
     kw = dict(num_inference_steps=args.steps, cfg_mode=args.cfg, alpha=args.alpha, beta=args.beta)
     t0, rows = time.perf_counter(), []

@@ -82,6 +82,13 @@ def load_checkpoint(folder, model, optimizer=None, ema=None) -> dict:
     return meta
 
 
+def load_weights(folder, model) -> None:
+    """Model weights only, from a training checkpoint (`save_checkpoint`) or a `save_pretrained` folder."""
+    folder = Path(folder)
+    name = "model.safetensors" if (folder / "model.safetensors").exists() else "diffusion_pytorch_model.safetensors"
+    model.load_state_dict(load_file(str(folder / name)))
+
+
 class CSVLog:
     """Append-only CSV of losses (resumes cleanly: the header is written once)."""
 

@@ -35,6 +35,7 @@ from ..config import TEMPORAL_COMPRESSION, get_preset
 from ..dit import A2VDiT, build_dit
 from ..scheduler import add_noise, sample_async_timesteps, velocity_target
 from ..speech import build_speech_encoder, load_speech_encoder
+from ..vae import video_frames
 from .cache import speech_windows
 from .common import (CSVLog, base_parser, latest_checkpoint, list_clips, load_checkpoint, make_accelerator, plot_log,
                      end_step, save_checkpoint, save_rank_params)
@@ -51,7 +52,7 @@ class LatentWindows:
         self.items = [load_file(str(d / "latents.safetensors")) for d in clips]
         if speech is not None:
             for d, it in zip(clips, self.items):
-                it["windows"] = speech_windows(d, 1 + 8 * (it["latents"].shape[1] - 1), speech).half()
+                it["windows"] = speech_windows(d, video_frames(it["latents"].shape[1]), speech).half()
 
     def batch(self, size: int, f: int, rng):
         zs, refs, codes, windows, starts = [], [], [], [], []

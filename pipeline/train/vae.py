@@ -12,18 +12,16 @@ VAE is saved with `save_pretrained` in `OUT/vae`.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from ..config import get_preset
 from ..vae import build_vae, encode
-from .common import (CSVLog, base_parser, latest_checkpoint, list_clips, load_checkpoint, make_accelerator, plot_log,
-                     end_step, save_checkpoint, save_rank_params)
+from .common import (CSVLog, base_parser, latest_checkpoint, list_clips, load_checkpoint, load_weights, make_accelerator,
+                     plot_log, end_step, save_checkpoint, save_rank_params)
 
 
 def load_clips(data, limit=None):
@@ -104,11 +102,7 @@ def main(argv=None):
         cfg.vae.kwargs.update(block_out_channels=ch, decoder_block_out_channels=ch)
     vae = build_vae(cfg.vae)
     if args.init_from:  # weights only (no optimizer): a checkpoint folder or a save_pretrained folder
-        init = Path(args.init_from)
-        if (init / "model.safetensors").exists():
-            load_checkpoint(init, vae)
-        else:
-            vae.load_state_dict(load_file(str(init / "diffusion_pytorch_model.safetensors")))
+        load_weights(args.init_from, vae)
     if args.freeze_encoder:  # latents stay exactly as cached for the DiT; only the decoder improves
         vae.encoder.requires_grad_(False)
         args.deterministic, args.image_steps = True, 0
