@@ -61,19 +61,104 @@ class DiTConfig:
     rope_axes: tuple[int, int, int] = (16, 24, 24)  # head-dim split over (frame, height, width)
 
 
-@dataclass
+MODES = ("read", "rest")  # READ: whole clips with motion frames; REST: chunk-wise streaming (ID-Context cache)
+RENDERS = ("auto", "diffusion", "photo")  # who draws the frames: the VAE, or photo mode's warp of a real photo
+CFG_MODES = ("joint", "split")
+
+
+@dataclass(frozen=True)
 class SamplingConfig:
-    """Defaults of the sampler (the paper's: 8 steps, Split-CFG, alpha 2, beta 6)."""
+    """Sampling settings: the model's defaults in `PipelineConfig.sampling`, one request's resolved
+    values from `resolve_settings` (the paper's defaults: 8 steps, Split-CFG, alpha 2, beta 6).
+
+    Frozen: a resolved request travels as one value from the caller through the sampler.
+    """
 
     num_inference_steps: int = 8
-    cfg_mode: str = "split"
-    alpha: float = 2.0
-    beta: float = 6.0
+    cfg_mode: str = "split"  # "joint" (eq. 16, 2 passes) or "split" (eq. 17, 3 passes)
+    alpha: float = 2.0  # guidance scale of the reference (and audio, in Joint)
+    beta: float = 6.0  # audio guidance scale (Split only)
     shift: float = 1.0  # timestep shift of the inference schedule (SD3-style)
     clip_latent_frames: int = 5  # f: latent frames per clip, overlapping by one
+    mode: str = "read"  # one of MODES
+    render: str = "auto"  # one of RENDERS
     train_mu: float = 0.0  # logit-normal location of training timesteps
     train_sigma: float = 1.0  # logit-normal scale of training timesteps
     motion_guidance: bool = True  # False only for the ablation without ANS (see sampler.sample_clips)
+
+
+@dataclass(frozen=True)
+class Limit:
+    """Valid range of one numeric parameter (what the pipeline, API and CLI accept) and the
+    narrower range the app's sliders offer."""
+
+    lo: float
+    hi: float
+    ui_lo: float
+    ui_hi: float
+    integer: bool = False
+    label: str = ""
+
+    @property
+    def ui(self) -> tuple[float, float]:
+        return self.ui_lo, self.ui_hi
+
+
+# The one limits table. Keys are the parameter names of `resolve_settings`, the app and the CLI.
+LIMITS: dict[str, Limit] = {
+    "num_inference_steps": Limit(1, 100, 1, 50, True, "Steps"),
+    "alpha": Limit(0.0, 20.0, 0.0, 10.0, False, "α (guidance scale)"),
+    "beta": Limit(0.0, 20.0, 0.0, 10.0, False, "β (audio guidance scale)"),
+    "shift": Limit(0.1, 10.0, 0.1, 10.0, False, "Schedule shift"),
+    "clip_latent_frames": Limit(2, 64, 2, 16, True, "Clip length (latent frames)"),
+    "seed": Limit(0, 2**63 - 1, 0, 2**31 - 1, True, "Seed"),
+    "max_seconds": Limit(1.0, 120.0, 1.0, 120.0, False, "Maximum duration (s)"),
+    "rate": Limit(80, 300, 80, 300, True, "Speaking rate (words per minute)"),
+    "threads": Limit(0, 256, 0, 256, True, "Threads"),
+}
+SETTING_NAMES = ("num_inference_steps", "cfg_mode", "alpha", "beta", "shift", "clip_latent_frames", "mode", "render")
+CHOICES = {"cfg_mode": CFG_MODES, "mode": MODES, "render": RENDERS}
+
+
+def check_value(name: str, value, label: str | None = None):
+    """`value` checked against `LIMITS[name]` (or `CHOICES[name]`); returns it as int/float/str.
+
+    Raises `InputError` with one sentence naming the parameter (`label`, default its API name), its
+    range and the value given.
+    Strings of numbers (from a form or a CLI) are accepted; bools, NaN and infinities are not.
+    """
+    import math
+
+    from .errors import InputError
+
+    if name in CHOICES:
+        text = str(value).lower() if isinstance(value, str) else value
+        if text not in CHOICES[name]:
+            raise InputError(f"{label or name} must be one of {', '.join(CHOICES[name])} (got {value!r}).")
+        return text
+    lim = LIMITS[name]
+    try:
+        x = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError):
+        x = math.nan
+    if not math.isfinite(x) or not lim.lo <= x <= lim.hi or (lim.integer and x != int(x)):
+        kind = "a whole number" if lim.integer else "a number"
+        raise InputError(f"{label or name} must be {kind} from {lim.lo:g} to {lim.hi:g} (got {value!r}).")
+    return int(x) if lim.integer else x
+
+
+def resolve_settings(defaults: SamplingConfig, **given) -> SamplingConfig:
+    """`defaults` with every setting in `given` that is not None, each validated once.
+
+    `given` keys: `SETTING_NAMES`. Raises `InputError` for an unknown name or an invalid value.
+    """
+    from .errors import InputError
+
+    unknown = set(given) - set(SETTING_NAMES)
+    if unknown:
+        raise InputError(f"unknown setting(s) {sorted(unknown)}; valid: {', '.join(SETTING_NAMES)}")
+    values = {k: check_value(k, v) for k, v in given.items() if v is not None}
+    return dataclasses.replace(defaults, **values)
 
 
 @dataclass

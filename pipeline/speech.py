@@ -7,13 +7,19 @@ of its own and its neighbours' features. The SpeechAE encoder (linear dimension 
 """
 from __future__ import annotations
 
+import math
+import threading
+import time
+
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
-from .config import TEMPORAL_COMPRESSION
+from .config import FPS, SAMPLE_RATE, TEMPORAL_COMPRESSION
+from .memo import Memo
 
 
 def frame_features(feats: torch.Tensor, num_frames: int, feats_per_frame: int = 2) -> torch.Tensor:
@@ -129,3 +135,66 @@ def speech_ae_loss(s: torch.Tensor, s_hat: torch.Tensor, alpha: float = 1.0, bet
     logits = a @ b.t() / tau  # (N, N)
     contrastive = F.cross_entropy(logits, torch.arange(len(a), device=a.device))
     return alpha * mse + beta * contrastive, mse, contrastive
+
+
+class SpeechEncoder:
+    """Speech -> SpeechAE codes: the frozen Whisper encoder (loaded on first use), its log-mel front
+    end, the frame windows and the SpeechAE, with a memo of recent results.
+
+    `encode(wav, num_latents)` is the whole speech stage of the pipeline; REST's incremental speech
+    path extends this object. Thread-safe: concurrent requests share one Whisper.
+    """
+
+    def __init__(self, speech_ae, config, whisper=None):
+        self.speech_ae, self.config = speech_ae, config  # config: SpeechConfig
+        self._whisper, self._features = whisper, None
+        self._lock = threading.Lock()
+        self.memo = Memo()
+
+    @property
+    def whisper(self):
+        """Frozen Whisper encoder (converted tiny.en weights unless `config.whisper` names others)."""
+        with self._lock:
+            if self._whisper is None:
+                from .whisper import load_whisper
+
+                device = next(self.speech_ae.parameters()).device
+                self._whisper = load_whisper(self.config.whisper, encoder_only=True).to(device)
+            if self._features is None:
+                from .whisper import load_feature_extractor
+
+                self._features = load_feature_extractor()
+        return self._whisper
+
+    def to(self, device=None, dtype=None) -> "SpeechEncoder":
+        self.speech_ae.to(device=device, dtype=dtype)
+        if self._whisper is not None:
+            self._whisper.to(device=device)
+        return self
+
+    @torch.no_grad()
+    def encode(self, wav: np.ndarray, num_latents: int, timings: dict | None = None) -> torch.Tensor:
+        """16-kHz mono float32 audio -> codes (1, num_latents, M, Dc), one group per latent frame.
+
+        The audio is cut or padded with silence to the `1 + 8 (num_latents - 1)` video frames the
+        latents span. `timings` (optional) gains "whisper" and "speech_ae" seconds.
+        """
+        frames = 1 + TEMPORAL_COMPRESSION * (num_latents - 1)
+        padded = np.zeros(math.ceil(frames / FPS * SAMPLE_RATE), np.float32)  # silence after the end
+        padded[: min(len(wav), len(padded))] = wav[: len(padded)]
+        param = next(self.speech_ae.parameters())
+        timings = {} if timings is None else timings
+
+        def compute():
+            from .whisper import encode_speech_features
+
+            whisper = self.whisper  # also creates the feature extractor
+            t0 = time.perf_counter()
+            feats = encode_speech_features(whisper, self._features, padded).float().cpu()  # (T50, 384)
+            t1 = time.perf_counter()
+            x = frame_windows(frame_features(feats, frames, self.config.feats_per_frame), self.config.context_frames)
+            codes = self.speech_ae.encode(x[None].to(param.device, param.dtype))  # (1, N, M, Dc)
+            timings.update(whisper=t1 - t0, speech_ae=time.perf_counter() - t1)
+            return codes
+
+        return self.memo.get(self.memo.key("speech", padded, param.device, param.dtype), compute)

@@ -7,6 +7,7 @@ clip with left context and one latent frame of look-ahead, and drops the duplica
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from diffusers import AutoencoderKLLTXVideo
 
@@ -63,6 +64,12 @@ def decode(vae, z: torch.Tensor) -> torch.Tensor:
     """Normalised latents (B, C, n, h, w) -> pixels (B, 3, 1+8(n-1), H, W) in [-1, 1]."""
     x = vae.decode(denormalize(vae, z).to(vae.dtype), return_dict=False)[0]
     return x.float().clamp(-1, 1)
+
+
+def to_pixels(rgb) -> torch.Tensor:
+    """uint8 RGB (..., H, W, 3) numpy -> float32 tensor in [-1, 1] with the channel axis first:
+    an image (H, W, 3) -> (3, H, W), a video (T, H, W, 3) -> (3, T, H, W). The inverse of `to_uint8`."""
+    return torch.from_numpy(np.ascontiguousarray(rgb)).movedim(-1, 0).float() / 127.5 - 1
 
 
 def to_uint8(pixels: torch.Tensor):
