@@ -356,6 +356,29 @@ def make_speech(data, rate: int, max_seconds: float | None = None, min_seconds: 
     return Speech(x, rate, mono, warnings)
 
 
+class StreamPeak:
+    """Causal level control for audio that arrives in chunks (REST): divides by the running peak.
+
+    The gain stays 1 until a sample beyond full scale arrives; from that sample on, every sample is
+    divided by the largest magnitude seen so far, so nothing is ever clipped and nothing waits for
+    the future. Returns the chunk and, the first time the gain drops, a warning.
+    """
+
+    def __init__(self):
+        self.peak = 1.0
+
+    def __call__(self, chunk: np.ndarray) -> tuple[np.ndarray, str | None]:
+        x = np.asarray(chunk, np.float32)
+        mag = np.abs(x).reshape(len(x), -1).max(axis=1) if x.size else np.zeros(0, np.float32)  # (T,)
+        running = np.maximum.accumulate(np.maximum(mag, self.peak))  # (T,)
+        first = self.peak == 1.0 and running.size and running[-1] > 1.0
+        self.peak = float(running[-1]) if running.size else self.peak
+        out = x / running.reshape((-1,) + (1,) * (x.ndim - 1)) if x.size else x
+        note = (f"The audio went above full scale (peak {self.peak:.2f}): it is being turned down "
+                "instead of clipped.") if first else None
+        return out.astype(np.float32), note
+
+
 def load_speech(source, sample_rate: int | None = None, max_seconds: float | None = None,
                 min_seconds: float = 1 / FPS) -> Speech:
     """A path, a (sample_rate, samples) tuple, or samples at `sample_rate` (default 16 kHz) -> `Speech`.
@@ -421,9 +444,9 @@ def check_output_path(path) -> Path:
 def write_mp4(path, frames: np.ndarray, audio: np.ndarray | None, sample_rate: int = SAMPLE_RATE, fps: int = FPS) -> Path:
     """Frames uint8 (T, H, W, 3) + audio (T_a,) or (T_a, C) at any rate -> H.264/AAC mp4, atomically.
 
-    The audio keeps its channels (more than 8: `downmix`ed to mono) and its rate (an AAC rate: others are resampled to the
-    next one up); it is cut or zero-padded to the video's length. The file appears only when ffmpeg
-    has succeeded, and no temporary file is left behind on any exit (errors, Ctrl-C included).
+    The audio keeps its channels (more than 8 are `downmix`ed to mono) and its rate (a rate AAC
+    lacks becomes the next AAC rate up); it is cut or zero-padded to the video's length. The file
+    appears only when ffmpeg has succeeded; no temporary file is left on any exit (Ctrl-C included).
     """
     path = check_output_path(path)
     frames = np.ascontiguousarray(frames, dtype=np.uint8)

@@ -475,3 +475,14 @@ def test_audio_span_cuts_and_pads_to_frames():
     assert media.audio_span(x, 48000, 0, 5).shape == (9600, 2)
     tail = media.audio_span(x, 48000, 20, 10)  # frames 20..29: 0.4 s, the last 0.2 s past the end
     assert tail.shape == (19200, 2) and tail[0, 0] == x[38400, 0] and not tail[9600:].any()
+
+
+def test_stream_peak_is_causal_and_never_clips():
+    level = media.StreamPeak()
+    quiet, loud = tone(300, 0.1, 16000, 0.5), tone(300, 0.1, 16000, 3.0)
+    out1, note1 = level(quiet)
+    out2, note2 = level(np.stack([loud, loud], 1))
+    out3, note3 = level(quiet)
+    assert np.array_equal(out1, quiet) and note1 is None  # nothing changes before a loud sample
+    assert np.abs(out2).max() <= 1.0 and "turned down" in note2 and note3 is None  # warned once
+    assert np.allclose(out3, quiet / 3.0, atol=1e-3)  # the gain holds after the loud part
