@@ -413,8 +413,10 @@ def prepare_audio(data: np.ndarray, rate: int, target_rate: int = SAMPLE_RATE) -
 
 
 def audio_span(samples: np.ndarray, sample_rate: int, first_frame: int, num_frames: int, fps: int = FPS) -> np.ndarray:
-    """The samples video frames [first_frame, first_frame + num_frames) span, zero-padded past the end."""
-    a, b = round(first_frame * sample_rate / fps), round((first_frame + num_frames) * sample_rate / fps)
+    """The samples video frames [first_frame, first_frame + num_frames) span, zero-padded past the end:
+    `[first_frame * sample_rate // fps, (first_frame + num_frames) * sample_rate // fps)`, so that
+    consecutive spans tile the samples exactly at any rate."""
+    a, b = first_frame * sample_rate // fps, (first_frame + num_frames) * sample_rate // fps
     x = np.asarray(samples, np.float32)
     out = np.zeros((b - a,) + x.shape[1:], np.float32)
     part = x[a:b]

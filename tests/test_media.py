@@ -475,6 +475,9 @@ def test_audio_span_cuts_and_pads_to_frames():
     assert media.audio_span(x, 48000, 0, 5).shape == (9600, 2)
     tail = media.audio_span(x, 48000, 20, 10)  # frames 20..29: 0.4 s, the last 0.2 s past the end
     assert tail.shape == (19200, 2) and tail[0, 0] == x[38400, 0] and not tail[9600:].any()
+    odd = np.arange(11111, dtype=np.float32)  # 11111 Hz: frames do not fall on whole samples
+    spans = [media.audio_span(odd, 11111, f, 7) for f in range(0, 25, 7)]
+    assert np.array_equal(np.concatenate(spans)[: len(odd)], odd)  # consecutive spans tile exactly
 
 
 def test_stream_peak_is_causal_and_never_clips():
