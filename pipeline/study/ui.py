@@ -1,0 +1,128 @@
+"""The Study tab: a thin Gradio layer over `StudyService` (all logic and state live there).
+
+Call `build_study_tab(study)` inside a `gr.Blocks` context. It adds a "Study" tab with the consent
+page, one video at a time (autoplay, replay with the player), one 1-5 radio per criterion and Next,
+and a token-guarded "Researcher" panel. Named endpoints, for `gradio_client` too:
+
+    study_start(code) -> (session, trial number, video, message)
+    study_rate(session, trial number, score_1, ..., score_k) -> (session, trial number, video, message)
+    study_admin(token) -> Markdown (progress and results)
+
+Trial number 0 means every trial is rated; -1 (page load only) means no session yet. The session
+id is kept in the browser's local storage, so a reload resumes; a link with `?code=XYZ` fills in
+the code. The study events have no concurrency limit: they never wait behind a video generation.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import gradio as gr
+
+from .render import VIDEO_DIR
+from .service import StudyService, TrialView, client_kind, read_token
+from .spec import SCALE, SCALE_LABELS, Study, StudyError
+
+CHOICES = [(f"{v} – {label}", v) for v, label in zip(range(SCALE[0], SCALE[1] + 1), SCALE_LABELS)]
+FREE = dict(concurrency_limit=None, concurrency_id="study")  # rating is cheap: never queue behind generation
+
+
+def _client(request: gr.Request | None) -> str:
+    return client_kind(request.headers.get("user-agent") if request is not None else None)
+
+
+def _out(view: TrialView) -> tuple:
+    return view.session, view.number, view.video, view.message
+
+
+class StudyHandlers:
+    """Event handlers: `StudyService` calls with its errors turned into `gr.Error`."""
+
+    def __init__(self, service: StudyService):
+        self.service = service
+
+    def start(self, code, request: gr.Request = None):
+        try:
+            return _out(self.service.start(code, _client(request)))
+        except StudyError as e:
+            raise gr.Error(str(e)) from None
+
+    def rate(self, request: gr.Request, session, number, *scores):  # gradio injects only positional requests
+        try:
+            return _out(self.service.rate(session, number, scores, _client(request)))
+        except StudyError as e:
+            raise gr.Error(str(e)) from None
+
+    def admin(self, token):
+        try:
+            return self.service.admin(token)
+        except StudyError as e:
+            raise gr.Error(str(e)) from None
+
+    def on_load(self, saved, request: gr.Request = None):
+        """A reload: the saved session's current trial (or the consent page), and ?code= filled in."""
+        code = request.query_params.get("code", "") if request is not None else ""
+        view = self.service.resume(saved) if saved else None
+        return (*(_out(view) if view else ("", -1, None, f"## {self.service.study.title}")), code)
+
+
+def _layout(number, criteria: int):
+    """Which panel shows for a trial number (-1 consent, 0 done, >= 1 a trial); radios cleared."""
+    number = -1 if number is None else int(number)
+    return (gr.update(visible=number < 0), gr.update(visible=number > 0), *([None] * criteria))
+
+
+def build_study_tab(study: Study | str | Path, token: str | None = None) -> StudyService:
+    """Add the "Study" tab to the enclosing `gr.Blocks`. `token`: admin token (default $READ_STUDY_TOKEN).
+
+    Raises `StudyError` for a bad study file or videos not rendered yet. Returns the service.
+    """
+    from gradio.context import Context
+
+    service = StudyService(study, token or read_token())
+    study, handlers = service.study, StudyHandlers(service)
+    gr.set_static_paths([study.output / VIDEO_DIR])  # only the hashed mp4 files; the database is outside
+    key = "read-study-" + hashlib.sha256(str(study.output).encode()).hexdigest()[:12]
+    with gr.Tab("Study"):
+        heading = gr.Markdown(f"## {study.title}")
+        with gr.Column(visible=True) as consent_box:
+            gr.Markdown(study.consent)
+            code = gr.Textbox(label="Participant code", max_lines=1,
+                              placeholder="the code you were given" if study.codes else "leave empty for a new one")
+            agree = gr.Checkbox(label="I have read the above and agree to take part.")
+            start = gr.Button("Start", variant="primary", interactive=False)
+        with gr.Column(visible=False) as trial_box:
+            video = gr.Video(autoplay=True, interactive=False, show_label=False, buttons=[], height=420)
+            radios = [gr.Radio(CHOICES, label=f"{c.question}", info=c.name) for c in study.criteria]
+            next_btn = gr.Button("Next", variant="primary")
+        session = gr.Textbox(visible=False)
+        number = gr.Number(visible=False, precision=0)
+        saved = gr.BrowserState("", storage_key=key)
+        with gr.Accordion("Researcher", open=False):
+            token_box = gr.Textbox(type="password", label="Admin token", max_lines=1)
+            show = gr.Button("Show results")
+            results = gr.Markdown()
+    ui = dict(heading=heading, consent_box=consent_box, code=code, agree=agree, start=start, trial_box=trial_box,
+              video=video, radios=radios, next_btn=next_btn, session=session, number=number, saved=saved,
+              token_box=token_box, show=show, results=results)
+    _wire(handlers, Context.root_block, ui)
+    return service
+
+
+def _wire(handlers: StudyHandlers, root, ui: dict) -> None:
+    """Connect the events; the layout and the saved session follow each successful call."""
+    outputs = [ui["session"], ui["number"], ui["video"], ui["heading"]]
+    layout = [ui["consent_box"], ui["trial_box"], *ui["radios"]]
+    n = len(ui["radios"])
+
+    def follow(event):
+        event.success(lambda k: _layout(k, n), ui["number"], layout, api_visibility="private", **FREE) \
+             .success(lambda s: s, ui["session"], ui["saved"], api_visibility="private", **FREE)
+
+    ui["agree"].change(lambda a: gr.update(interactive=bool(a)), ui["agree"], ui["start"],
+                       api_visibility="private", **FREE)
+    follow(ui["start"].click(handlers.start, ui["code"], outputs, api_name="study_start", **FREE))
+    follow(ui["next_btn"].click(handlers.rate, [ui["session"], ui["number"], *ui["radios"]], outputs,
+                                api_name="study_rate", **FREE))
+    follow(root.load(handlers.on_load, ui["saved"], [*outputs, ui["code"]], api_visibility="private", **FREE))
+    ui["show"].click(handlers.admin, ui["token_box"], ui["results"], api_name="study_admin", **FREE)
