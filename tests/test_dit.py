@@ -1,4 +1,5 @@
-"""A2V-DiT invariants: adaLN-Zero identity at init, frame-local audio attention, per-token time."""
+"""A2V-DiT invariants: adaLN-Zero identity at init, frame-local audio attention, per-token time, positions as input."""
+import pytest
 import torch
 
 from pipeline.dit import A2VDiT, DiTBlock, rope_3d
@@ -91,3 +92,56 @@ def test_runs_in_bfloat16():
     with torch.no_grad():
         out = dit(x.bfloat16(), t.bfloat16(), audio.bfloat16(), drop_audio=torch.tensor([True, False]))
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+
+
+def test_reference_can_enter_apart_from_the_clip():
+    """[reference, clip] given apart = READ's layout with the reference at F=0 (what the ID-Sink needs)."""
+    dit = randomize(_dit())
+    x, t, audio = _inputs()
+    t[:, 0] = 0.0
+    flags = dict(drop_audio=torch.tensor([True, False]), drop_ref=torch.tensor([False, True]))
+    with torch.no_grad():
+        whole = dit(x, t, audio, **flags)
+        apart = dit(x[:, :, 1:], t[:, 1:], audio, reference=x[:, :, :1], **flags)
+    assert apart.shape == x[:, :, 1:].shape
+    torch.testing.assert_close(apart, whole[:, :, 1:], rtol=1e-6, atol=1e-6)
+
+
+def test_frame_positions_are_an_input_and_only_relative_positions_matter():
+    dit = randomize(_dit())
+    x, t, audio = _inputs()
+    with torch.no_grad():
+        base = dit(x, t, audio)
+        default = dit(x, t, audio, frame_positions=[0, 1, 2, 3])
+        shifted = dit(x, t, audio, frame_positions=[7, 8, 9, 10])  # RoPE: a common shift cancels
+        spread = dit(x, t, audio, frame_positions=[0, 2, 4, 6])
+    assert torch.equal(base, default)
+    torch.testing.assert_close(shifted, base, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(spread, base, atol=1e-4)
+
+
+def test_rope_tables_are_cached_per_layout():
+    a, b = rope_3d(4, 2, 2, (2, 2, 4), "cpu"), rope_3d([0, 1, 2, 3], 2, 2, (2, 2, 4), "cpu")
+    assert a[0] is b[0] and a[1] is b[1]
+    assert rope_3d([1, 2], 2, 2, (2, 2, 4), "cpu")[0] is not a[0]
+
+
+def test_timestep_shape_decides_per_frame_or_per_token():
+    dit = randomize(_dit())
+    x, _, audio = _inputs()
+    t = torch.rand(2, 16)  # per token, not constant within a frame: embedded token by token
+    with torch.no_grad():
+        assert dit(x, t, audio).shape == x.shape
+    with pytest.raises(ValueError, match="timestep must give"):
+        dit(x, torch.rand(2, 5), audio)
+
+
+def test_build_dit_takes_the_config_by_keyword():
+    from pipeline.config import DiTConfig
+    from pipeline.dit import build_dit
+
+    cfg = DiTConfig(in_channels=4, hidden_size=16, depth=1, num_heads=2, audio_dim=6, rope_axes=(2, 2, 4), mlp_ratio=2.0)
+    dit = build_dit(cfg)
+    assert {k: dit.config[k] for k in ("in_channels", "hidden_size", "depth", "num_heads", "audio_dim", "mlp_ratio")} == \
+        dict(in_channels=4, hidden_size=16, depth=1, num_heads=2, audio_dim=6, mlp_ratio=2.0)
+    assert tuple(dit.config.rope_axes) == (2, 2, 4)

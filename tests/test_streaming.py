@@ -1,0 +1,133 @@
+"""REST's ID-Context cache: invariants of the mechanism (pipeline/streaming.py), on a tiny DiT."""
+import pytest
+import torch
+
+from pipeline.dit import A2VDiT
+from pipeline.scheduler import inference_timesteps
+from pipeline.streaming import ChunkLayout, ChunkStreamer, block_mask, cfg_branches, recompute
+
+from .conftest import randomize
+
+C, M, DA = 4, 3, 6  # latent channels, speech tokens per frame, code width
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny ops gain nothing from a second thread, and on a busy machine its barriers cost ~30x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _dit(depth=2):
+    return randomize(A2VDiT(in_channels=C, hidden_size=16, depth=depth, num_heads=2, audio_dim=DA, rope_axes=(2, 2, 4)), seed=3).eval()
+
+
+def _ref(B=1, seed=0):
+    return torch.randn(B, C, 1, 2, 2, generator=torch.Generator().manual_seed(seed))
+
+
+def _codes(chunks, c=2, B=1, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, c, M, DA, generator=g) for _ in range(chunks)]
+
+
+def _streamer(dit, layout=ChunkLayout(), steps=2, seed=0, **kw):
+    kw.setdefault("cfg_mode", "split")
+    return ChunkStreamer(dit, _ref(), inference_timesteps(steps), layout=layout,
+                         generator=torch.Generator().manual_seed(seed), **kw)
+
+
+@pytest.mark.parametrize("layout", [ChunkLayout(2, 2), ChunkLayout(1, 3), ChunkLayout(2, 0)])
+def test_cached_pass_equals_masked_forward_from_scratch(layout):
+    """Outputs and every block's keys/values of the cached pass equal one forward over
+    [reference, context, current] with the block mask, recomputed from scratch (float32)."""
+    dit, g = _dit(), torch.Generator().manual_seed(5)
+    s = _streamer(dit, layout)
+    for chunk, codes in enumerate(_codes(4, layout.chunk_frames)):
+        z = torch.randn(1, C, layout.chunk_frames, 2, 2, generator=g)
+        cached = s.model_output(z, 0.6, codes)  # (nb, C, c, 2, 2), one row per CFG branch
+        L = s.cache.context_valid
+        ctx = s.context if L else z[:, :, :0]
+        ctx_codes = s.context_codes if L else codes[:, :0]
+        want, kv = recompute(dit, s._rep(s.z_ref), s._rep(ctx), s._rep(ctx_codes), s._rep(z), 0.6, s._rep(codes),
+                             s.drop_audio, s.drop_ref)
+        torch.testing.assert_close(cached, want, rtol=1e-5, atol=1e-6)
+        n, c = s.n, layout.chunk_frames
+        for i, (k, v) in enumerate(kv):
+            spans = {"sink": (0, n), "context": (n, n + L * n), "current": (n + L * n, n + (L + c) * n)}
+            for name, (lo, hi) in spans.items():
+                ck, cv = s.cache.region(name, i)
+                torch.testing.assert_close(ck, k[:, :, lo:hi], rtol=1e-5, atol=1e-6, msg=f"chunk {chunk} block {i} {name}")
+                torch.testing.assert_close(cv, v[:, :, lo:hi], rtol=1e-5, atol=1e-6)
+        s.push(codes)
+
+
+def test_block_mask_sees_what_the_cache_holds():
+    m = block_mask(1, 2, 1)  # [ref, ctx, ctx, cur]
+    assert m.tolist() == [[True, False, False, False], [True, True, True, False],
+                          [True, True, True, False], [True, True, True, True]]
+
+
+def test_cache_shapes_constant_and_sink_never_changes():
+    s = _streamer(_dit(), ChunkLayout(2, 2))
+    shapes = [t.shape for t in s.cache.k + s.cache.v]
+    sink = [[x.clone() for x in s.cache.region("sink", i)] for i in range(len(s.cache.k))]
+    codes = _codes(12)
+    s.push(codes[0])
+    after_one = ([t.shape for t in s.cache.k + s.cache.v], s.context.shape, s.context_codes.shape)
+    for c in codes[1:]:
+        s.push(c)
+    assert after_one == ([t.shape for t in s.cache.k + s.cache.v], s.context.shape, s.context_codes.shape)
+    assert [t.shape for t in s.cache.k + s.cache.v] == shapes
+    for i, (k0, v0) in enumerate(sink):
+        k, v = s.cache.region("sink", i)
+        assert torch.equal(k, k0) and torch.equal(v, v0)
+
+
+def test_same_inputs_same_chunk_at_index_2_and_500():
+    """Positions are re-based: chunk 500 sees the layout chunk 2 sees, so equal inputs give equal output."""
+    dit = _dit(depth=1)
+    early, late = _streamer(dit, steps=1, cfg_mode="joint", alpha=1.0), _streamer(dit, steps=1, cfg_mode="joint", alpha=1.0)
+    for codes in _codes(2):
+        early.push(codes)
+    for codes in _codes(500, seed=7):
+        late.push(codes)
+    assert (early.index, late.index) == (2, 500)
+    window, window_codes = torch.randn(1, C, 2, 2, 2), _codes(1, seed=9)[0]
+    for s in (early, late):  # the same clean context
+        s.commit(window, window_codes)
+    codes, noise = _codes(1, seed=11)[0], torch.randn(1, C, 2, 2, 2)
+    assert torch.equal(early.push(codes, noise.clone()), late.push(codes, noise.clone()))
+
+
+def test_changes_after_chunk_j_leave_earlier_chunks_unchanged():
+    dit, j = _dit(), 2
+    codes = _codes(5)
+    changed = [c.clone() for c in codes]
+    changed[j + 1] += 1.0
+    base = [o for s in [_streamer(dit)] for o in map(s.push, codes)]
+    other_audio = [o for s in [_streamer(dit)] for o in map(s.push, changed)]
+    s = _streamer(dit)
+    other_noise = [s.push(c, None if k <= j else torch.randn(1, C, 2, 2, 2)) for k, c in enumerate(codes)]
+    for k in range(j + 1):
+        assert torch.equal(base[k], other_audio[k]) and torch.equal(base[k], other_noise[k])
+    assert not torch.allclose(base[j + 1], other_audio[j + 1]) and not torch.allclose(base[j + 1], other_noise[j + 1])
+
+
+def test_same_seed_same_stream_other_seed_other_stream():
+    dit, codes = _dit(), _codes(4)
+    a, b, c = (_streamer(dit, seed=s) for s in (0, 0, 1))
+    outs = [[s.push(x) for x in codes] for s in (a, b, c)]
+    assert all(torch.equal(x, y) for x, y in zip(outs[0], outs[1]))
+    assert not torch.allclose(outs[0][0], outs[2][0])
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="cfg_mode"):
+        cfg_branches("both")
+    with pytest.raises(ValueError, match="chunk_frames"):
+        ChunkLayout(0, 2)
+    with pytest.raises(ValueError, match="codes must be"):
+        _streamer(_dit()).push(_codes(1, c=3)[0])
