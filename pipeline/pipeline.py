@@ -73,15 +73,6 @@ class VideoStream:
         self._chunks.close()
 
 
-def audio_span(samples: np.ndarray, sample_rate: int, start_frame: int, num_frames: int, fps: int = FPS) -> np.ndarray:
-    """The samples of video frames [start_frame, start_frame + num_frames), zero-padded past the end."""
-    a0, a1 = start_frame * sample_rate // fps, (start_frame + num_frames) * sample_rate // fps
-    out = np.zeros((a1 - a0,) + samples.shape[1:], np.float32)
-    got = samples[a0:a1]
-    out[: len(got)] = got
-    return out
-
-
 def _timed(iterable, timings: dict, key: str):
     """Yield from `iterable`, adding the seconds spent producing each item to `timings[key]`."""
     it = iter(iterable)
@@ -193,26 +184,15 @@ class TalkingHeadPipeline:
         crop, warnings = (rgb, []) if already else face.prepare_portrait(rgb, size)
         return vae_lib.to_pixels(crop)[None], crop, warnings
 
-    def load_audio(self, audio, max_seconds: float | None = None) -> np.ndarray:
-        """Path, (sample_rate, samples) or 16-kHz samples -> mono float32 16 kHz, validated.
+    def load_speech(self, audio, max_seconds: float | None = None) -> media.Speech:
+        """Path, (sample_rate, samples) or 16-kHz samples -> `media.Speech` (the original samples for
+        the video, a 16-kHz mono copy for Whisper), validated.
 
-        Raises `InputError` for no audio, audio shorter than one video frame, or longer than
-        `max_seconds` (default: the config's limit).
+        Raises `InputError` for no audio, unreadable audio, audio shorter than one video frame, or
+        longer than `max_seconds` (default: the config's limit; a file is refused from its header,
+        before it is decoded).
         """
-        if audio is None:
-            raise InputError("no speech audio was given")
-        if isinstance(audio, (str, Path)):
-            wav = media.load_audio(audio)
-        elif isinstance(audio, tuple):
-            wav = media.prepare_audio(audio[1], int(audio[0]))
-        else:
-            wav = media.prepare_audio(np.asarray(audio), SAMPLE_RATE)
-        seconds, limit = len(wav) / SAMPLE_RATE, max_seconds or self.config.max_seconds
-        if seconds < 1 / FPS:
-            raise InputError(f"the audio is {seconds * 1000:.0f} ms long: shorter than one video frame (40 ms)")
-        if seconds > limit:
-            raise InputError(f"the audio is {seconds:.1f} s long; the limit is {limit:g} s")
-        return wav
+        return media.load_speech(audio, max_seconds=max_seconds or self.config.max_seconds)
 
     @torch.no_grad()
     def encode_reference(self, x_ref: torch.Tensor) -> torch.Tensor:
@@ -236,6 +216,7 @@ class TalkingHeadPipeline:
                callback_on_step_end: Callable[[int, int], None] | None = None, **given) -> VideoStream:
         """The video chunk by chunk, each as soon as its latents are final and decoded.
 
+        `audio`: a path, (sample_rate, samples), 16-kHz samples, or a `media.Speech` already loaded.
         `given`: any of `config.SETTING_NAMES` (num_inference_steps, cfg_mode, alpha, beta, shift,
         clip_latent_frames, mode, render); None keeps the default. Everything is checked before this
         returns (`InputError` for a bad value, image or audio); generation runs as it is iterated.
@@ -250,24 +231,25 @@ class TalkingHeadPipeline:
         if seed is not None:
             seed = check_value("seed", seed)
         # 2. Speech in (checked here, before any model work)
-        wav = self.load_audio(audio, max_seconds)
-        num_frames = max(1, round(len(wav) / SAMPLE_RATE * FPS))
+        speech_in = audio if isinstance(audio, media.Speech) else self.load_speech(audio, max_seconds)
+        num_frames = max(1, round(speech_in.seconds * FPS))
         timings: dict = {}
-        chunks = self._generate(image, wav, num_frames, settings, generator, seed, progress, callback_on_step_end,
+        chunks = self._generate(image, speech_in, num_frames, settings, generator, seed, progress, callback_on_step_end,
                                 timings)
         return VideoStream(chunks, timings, settings, num_frames)
 
     @torch.no_grad()
-    def _generate(self, image, wav, num_frames, settings, generator, seed, progress, callback, timings):
+    def _generate(self, image, speech_in, num_frames, settings, generator, seed, progress, callback, timings):
         t_start = time.perf_counter()
         # 3. Portrait -> reference latent z_R
         x_ref, _, warnings = self.preprocess_image(image)
+        warnings = speech_in.warnings + warnings
         z_ref = self.encode_reference(x_ref)  # (1, C, 1, h, w)
         t1 = time.perf_counter()
         # 4. Speech -> codes, on the latent grid of whole clips
         f = settings.clip_latent_frames
         n_lat = sampler.latents_for_video(num_frames, f)
-        codes = self.speech.encode(wav, n_lat, timings)  # (1, n_lat, M, Dc)
+        codes = self.speech.encode(speech_in.whisper, n_lat, timings)  # (1, n_lat, M, Dc)
         timings.update(reference=t1 - t_start, speech=time.perf_counter() - t1)
         # 5. Noise, from the caller's generator or seed
         generator = generator or torch.Generator().manual_seed(seed if seed is not None else 0)
@@ -293,8 +275,9 @@ class TalkingHeadPipeline:
             if len(frames) == 0:
                 continue
             timings.setdefault("first_chunk", time.perf_counter() - t_start)
-            audio = audio_span(wav, SAMPLE_RATE, emitted, len(frames))
-            yield VideoChunk(index, k, frames, audio, emitted, warnings=list(warnings) if emitted == 0 else [])
+            audio = media.audio_span(speech_in.samples, speech_in.sample_rate, emitted, len(frames))
+            yield VideoChunk(index, k, frames, audio, emitted, speech_in.sample_rate,
+                             warnings=list(warnings) if emitted == 0 else [])
             emitted, index = emitted + len(frames), index + 1
         bar.close()
 

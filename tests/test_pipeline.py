@@ -94,9 +94,22 @@ def test_stereo_any_rate_and_formats(small_pipe, speech_wav, tmp_path):
     stereo44 = np.stack([resample(speech_wav, 16000, 44100)] * 2, axis=1)
     for name, fmt in [("a.wav", "WAV"), ("a.flac", "FLAC"), ("a.ogg", "OGG"), ("a.mp3", "MP3")]:
         sf.write(str(tmp_path / name), stereo44, 44100, format=fmt)
-        wav = small_pipe.load_audio(tmp_path / name)
-        assert abs(len(wav) - len(speech_wav)) < 0.03 * SAMPLE_RATE, name  # mp3 adds codec padding
-    assert len(small_pipe.load_audio((22050, (speech_wav[:22050] * 32767).astype(np.int16)))) == 16000
+        speech = small_pipe.load_speech(tmp_path / name)
+        assert abs(len(speech.whisper) - len(speech_wav)) < 0.03 * SAMPLE_RATE, name  # mp3 adds codec padding
+        assert speech.sample_rate == 44100 and speech.samples.shape[1] == 2, name  # the original, for the video
+    speech = small_pipe.load_speech((22050, (speech_wav[:22050] * 32767).astype(np.int16)))
+    assert len(speech.whisper) == 16000 and speech.sample_rate == 22050
+
+
+def test_chunks_carry_the_original_audio_for_exactly_their_frames(small_pipe, portrait, speech_wav):
+    from pipeline.media import resample
+
+    stereo = np.stack([resample(speech_wav, 16000, 44100), -0.5 * resample(speech_wav, 16000, 44100)], axis=1)
+    chunks = list(small_pipe.stream(portrait, (44100, stereo), seed=0, progress=False))
+    audio = np.concatenate([c.audio for c in chunks])
+    assert all(c.sample_rate == 44100 and c.audio.shape == (len(c.frames) * 44100 // FPS, 2) for c in chunks)
+    n = min(len(audio), len(stereo))
+    assert np.abs(stereo).max() < 1 and np.allclose(audio[:n], stereo[:n], atol=1e-6)  # not resampled, not mixed
 
 
 BAD_PARAMS = [
