@@ -134,6 +134,15 @@ def test_toml_and_json_study_files_read_the_same(tmp_path):
     assert load_study(tmp_path / "a").path.name == "study.toml"  # a folder works too
 
 
+def test_the_documented_example_study_file_reads(tmp_path):
+    text = Path("docs/STUDY.md").read_text().split("```toml\n")[1].split("```")[0]
+    (tmp_path / "studies" / "pilot").mkdir(parents=True)
+    (tmp_path / "studies" / "pilot" / "study.toml").write_text(text)
+    study = load_study(tmp_path / "studies" / "pilot")
+    assert study.num_trials == 3 * 2 + 2 and study.output == (tmp_path / "runs" / "pilot").resolve()
+    assert study.conditions[1].checkpoint.resolve() == (tmp_path / "assets" / "model").resolve()
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda t: t.replace('id = "s2"', 'id = "s1"'), "stimulus id 's1' appears twice"),
     (lambda t: t.replace("[[conditions]]", "[[condition]]", 1), "unknown key 'condition'"),

@@ -10,6 +10,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -154,6 +156,12 @@ def test_sessions_are_isolated_and_the_admin_view_needs_the_token(tmp_path):
                 c.predict(token, api_name="/study_admin")
         report = c.predict(TOKEN, api_name="/study_admin")
         assert "| p1 | 1 / 4 |" in report and "Lip-Sync" in report
+        # over HTTP only the hashed videos are reachable: not the database, the salt or the study file
+        video = next((tmp_path / "videos").iterdir())
+        assert urllib.request.urlopen(f"{url}gradio_api/file={video}").status == 200
+        for secret in (tmp_path / DB_FILE, tmp_path / ".salt", path):
+            with pytest.raises(urllib.error.HTTPError, match="403"):
+                urllib.request.urlopen(f"{url}gradio_api/file={secret}")
     with serving(path, token=None) as url:  # no token configured: no admin view at all
         with pytest.raises(AppError, match="results view is off"):
             client(url).predict("", api_name="/study_admin")
@@ -184,8 +192,6 @@ def test_server_killed_half_way_loses_nothing(tmp_path):
 @contextmanager
 def study_server(path: Path, env: dict, timeout: float = 120.0):
     """A `serve` subprocess; yields its URL once it answers; killed with SIGKILL (no clean shutdown)."""
-    import urllib.request
-
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.study", "serve", str(path), "--port", str(port)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)

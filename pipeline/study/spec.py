@@ -265,6 +265,8 @@ def _attention(value, conditions: list[Condition], num_stimuli: int, problems: l
         problems.append(f"attention.condition {att.condition!r} is not a condition id")
     if not isinstance(att.tolerance, int) or not 0 <= att.tolerance <= SCALE[1] - SCALE[0]:
         problems.append("attention.tolerance must be an integer from 0 to 4")
+    if not isinstance(att.exclude_failed, bool):
+        problems.append("attention.exclude_failed must be true or false")
     return att
 
 

@@ -79,6 +79,8 @@ def build_study_tab(study: Study | str | Path, token: str | None = None) -> Stud
     """
     from gradio.context import Context
 
+    if Context.root_block is None:
+        raise RuntimeError("build_study_tab adds a tab: call it inside `with gr.Blocks() as demo:`")
     service = StudyService(study, token or read_token())
     study, handlers = service.study, StudyHandlers(service)
     gr.set_static_paths([study.output / VIDEO_DIR])  # only the hashed mp4 files; the database is outside
