@@ -1,4 +1,5 @@
-"""What the Gradio app needs besides widgets: the shared pipeline, request checks, files, figures.
+"""What the Gradio app needs besides widgets: the request object, the generation driver, output
+files and the figures line.
 
 Nothing here imports gradio, and nothing heavy is imported at module load: `import app` stays
 light. User errors are raised as `InputError` with a message a visitor understands; the app turns
@@ -6,147 +7,90 @@ them into `gr.Error`.
 """
 from __future__ import annotations
 
-import math
-import os
 import re
 import shutil
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
-from .config import FPS, SAMPLE_RATE
+from .config import FPS, LIMITS, SAMPLE_RATE, check_value
 from .errors import InputError
+from .serving import APP_MAX_SECONDS, APP_SETTINGS
 
 SILENCE_PEAK = 1e-4  # a recording whose loudest sample is below this is silence
 OUTPUT_MAX_AGE_S = 3600  # per-request output folders older than this are removed
+SOURCE_AUDIO, SOURCE_TEXT = "Upload or record", "Type text"
+VOICE = "en-us+f2"
+VOICES = ["en-us+f1", "en-us+f2", "en-us+f3", "en-us+f4", "en-us+m1", "en-us+m3", "en-us+m5", "en-us+m7"]
+RATE = 165  # words per minute
+
+# The app's inputs, in the order of the UI components and of the API endpoints' parameters.
+# The API names them so (`steps` is the pipeline's `num_inference_steps`).
+UI_FIELDS = ("image", "source", "audio", "text", "voice", "rate", "steps", "cfg_mode", "alpha", "beta", "seed",
+             "clip_latent_frames", "shift", "max_seconds")
+UI_DEFAULTS = dict(APP_SETTINGS, steps=APP_SETTINGS["num_inference_steps"], source=SOURCE_AUDIO, text="",
+                   voice=VOICE, rate=RATE, seed=0, max_seconds=APP_MAX_SECONDS)
+UI_LABELS = {"cfg_mode": "CFG mode", "rate": "Speaking rate", "num_inference_steps": "Steps", "alpha": "α", "beta": "β", "seed": "Seed",
+             "clip_latent_frames": "Clip length", "shift": "Schedule shift", "max_seconds": "Maximum duration"}
 
 
-# ---------------------------------------------------------------- the shared pipeline
-class PipelineCache:
-    """Create the pipeline once, on first use, from any thread; every request shares it."""
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One visitor's request, built once from the UI values (`from_ui`) and checked there."""
 
-    def __init__(self, factory: Callable[[], object]):
-        self._factory, self._pipe, self._lock = factory, None, threading.Lock()
+    image: object  # a file path (the original upload) or an array
+    source: str  # SOURCE_AUDIO or SOURCE_TEXT
+    audio: object  # a file path or (sample_rate, samples); None for text
+    text: str
+    voice: str
+    rate: int  # words per minute of the text-to-speech voice
+    settings: dict  # sampling settings for `pipeline.stream` (num_inference_steps, cfg_mode, ...)
+    seed: int
+    max_seconds: float
 
-    @property
-    def loaded(self) -> bool:
-        return self._pipe is not None
+    @classmethod
+    def from_ui(cls, *values, **named) -> "GenerationRequest":
+        """Values in `UI_FIELDS` order (or by name). Raises `InputError` naming the first problem;
+        the model is not touched."""
+        v = dict(zip(UI_FIELDS, values), **named)
+        v = {k: (UI_DEFAULTS.get(k) if v.get(k) is None and k not in ("image", "audio") else v.get(k))
+             for k in UI_FIELDS}
+        v["num_inference_steps"] = v.pop("steps")
+        v.update({k: named.get(k) or APP_SETTINGS[k] for k in ("mode", "render")})  # no control of their own yet
+        if v["image"] is None:
+            raise InputError("No portrait. Upload an image or pick one of the examples.")
+        if v["source"] not in (SOURCE_AUDIO, SOURCE_TEXT):
+            raise InputError(f"Speech source must be {SOURCE_AUDIO!r} or {SOURCE_TEXT!r}.")
+        if v["source"] == SOURCE_AUDIO and v["audio"] is None:
+            raise InputError("No speech. Upload or record audio, or choose 'Type text'.")
+        if v["source"] == SOURCE_TEXT and not (v["text"] and str(v["text"]).strip()):
+            raise InputError("The text box is empty. Type a sentence for the voice to speak.")
+        checked = {k: check_value(k, v[k], UI_LABELS.get(k, k.replace("_", " ").capitalize()))
+                   for k in ("rate", "seed", "max_seconds", "cfg_mode", *APP_SETTINGS)}
+        settings = {k: checked[k] for k in APP_SETTINGS}
+        return cls(v["image"], v["source"], v["audio"], str(v["text"] or ""), str(v["voice"]), checked["rate"],
+                   settings, checked["seed"], checked["max_seconds"])
 
-    def get(self):
-        if self._pipe is None:
-            with self._lock:
-                if self._pipe is None:  # another thread may have built it while we waited
-                    self._pipe = self._factory()
-        return self._pipe
+    def speech_seconds(self) -> float:
+        """Length of the speech from the text or the file header, without decoding (max_seconds if unknown)."""
+        if self.source == SOURCE_TEXT:
+            return len(self.text.split()) / max(self.rate, 1) * 60
+        from .media import audio_duration
 
-
-def pick_device() -> tuple[str, object]:
-    """(device, dtype): a GPU in bf16 (fp16 where bf16 is missing), else the CPU as saved (fp32)."""
-    import torch
-
-    if torch.cuda.is_available():
-        return "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return "cpu", None
-
-
-def has_gpu() -> bool:
-    """True on a CUDA machine or a ZeroGPU Space, without importing torch where it is not loaded."""
-    if os.environ.get("SPACES_ZERO_GPU"):
-        return True
-    import importlib.util
-
-    if importlib.util.find_spec("torch") is None:
-        return False
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def set_cpu_threads(threads: int = 0) -> int:
-    """Torch intra-op threads for serving on a CPU; 0: all cores but one.
-
-    The spare core runs the web server and the ffmpeg processes that re-encode every streamed chunk
-    while the next clip is generated. Measured here (2 cores, other work running): 2 threads made a
-    4-step generation 10-25x slower than 1 thread, because a thread that loses its core stalls
-    every small kernel's barrier.
-    """
-    import torch
-
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = threads or max(1, cores - 1)
-    torch.set_num_threads(threads)
-    return threads
+        try:
+            return audio_duration(self.audio) if isinstance(self.audio, (str, Path)) else self.max_seconds
+        except InputError:
+            return self.max_seconds
 
 
-def pretrained_factory(checkpoint) -> Callable[[], object]:
-    """A factory that loads a saved pipeline onto the best device (GPU: half precision)."""
-
-    def load():
-        from .pipeline import TalkingHeadPipeline
-
-        path = Path(checkpoint)
-        if not (path / "pipeline.json").is_file():
-            raise InputError(f"No model at {path}: train one or start the app with --checkpoint (see README).")
-        device, dtype = pick_device()
-        return TalkingHeadPipeline.from_pretrained(path, device=None if device == "cpu" else device, dtype=dtype)
-
-    return load
-
-
-def warm_up(pipe, examples: list[tuple[str, str]] = (), size: int = 64) -> None:
-    """One tiny generation so the first visitor does not pay for lazy loads (Whisper, kernels); then
-    the examples' portrait latents and speech codes, which the pipeline keeps for repeated inputs,
-    so that a visitor who picks an example sees its first clip after sampling alone."""
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-    wav = (0.1 * rng.standard_normal(SAMPLE_RATE // 2)).astype(np.float32)
-    for _ in pipe.stream(image, wav, num_inference_steps=1, cfg_mode="joint", progress=False):
-        pass
-    for portrait, speech in examples:
-        next(iter(pipe.stream(portrait, speech, num_inference_steps=1, cfg_mode="joint", progress=False)), None)
-
-
-# ---------------------------------------------------------------- request checks
-@dataclass
-class Limits:
-    """Ranges of the sampling controls; the UI sliders and the request checks both use them."""
-
-    steps: tuple[int, int] = (1, 50)
-    alpha: tuple[float, float] = (0.0, 10.0)
-    beta: tuple[float, float] = (0.0, 10.0)
-    clip_latent_frames: tuple[int, int] = (2, 16)
-    shift: tuple[float, float] = (0.1, 10.0)
-    max_seconds: tuple[float, float] = (1.0, 120.0)
-    rate: tuple[int, int] = (80, 300)
-    seed: tuple[int, int] = (0, 2**31 - 1)
-
-
-def check_number(label: str, value, bounds, integer: bool = False) -> float | int:
-    lo, hi = bounds
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        x = math.nan
-    if not math.isfinite(x) or not lo <= x <= hi or (integer and x != int(x)):
-        kind = "a whole number" if integer else "a number"
-        raise InputError(f"{label} must be {kind} from {lo:g} to {hi:g} (got {value!r}).")
-    return int(x) if integer else x
-
-
-def check_audio(wav: np.ndarray, max_seconds: float) -> float:
-    """Reject silence and audio over the limit; return the duration in seconds."""
-    seconds = len(wav) / SAMPLE_RATE
-    if seconds > max_seconds:
-        raise InputError(f"The speech is {seconds:.1f} s long; the limit is {max_seconds:g} s. "
-                         "Trim it or raise the maximum duration under Advanced.")
+def check_silence(wav: np.ndarray) -> None:
+    """Refuse speech whose loudest sample is below `SILENCE_PEAK`."""
     if len(wav) == 0 or float(np.max(np.abs(wav))) < SILENCE_PEAK:
         raise InputError("The speech is silent. Record or upload audio in which someone speaks.")
-    return seconds
 
 
 def speak_text(text: str | None, voice: str, rate: int) -> np.ndarray:
@@ -161,20 +105,60 @@ def speak_text(text: str | None, voice: str, rate: int) -> np.ndarray:
         raise InputError(f"Cannot speak with voice {voice!r}: {e}") from None
 
 
-def estimate_gpu_seconds(audio_seconds: float, steps: int, base: float = 20.0, per_step_second: float = 0.25,
-                         cap: float = 300.0) -> int:
-    """A ZeroGPU time request: model load and warm-up plus a cost linear in audio length x steps."""
-    return int(min(cap, base + per_step_second * max(1.0, audio_seconds) * max(1, steps)))
+def load_request_speech(request: GenerationRequest, max_seconds_default: float | None = None):
+    """The request's speech as `media.Speech` (text spoken first), checked for length and silence."""
+    from .media import load_speech
 
-
-def audio_seconds_of(path) -> float | None:
-    """Duration of an audio file from its header (no decoding), or None when it cannot be read."""
-    import soundfile as sf
-
+    source = (speak_text(request.text, request.voice, request.rate) if request.source == SOURCE_TEXT
+              else request.audio)
     try:
-        return sf.info(str(path)).duration
-    except (sf.LibsndfileError, RuntimeError, TypeError, OSError):
-        return None
+        speech = load_speech(source, max_seconds=request.max_seconds)
+    except InputError as e:
+        if "limit" not in str(e):
+            raise
+        raise InputError(f"{str(e).split(':')[0].replace('the audio', 'The speech')}. Trim it or raise the maximum "
+                         "duration under Advanced.") from None
+    check_silence(speech.whisper)
+    return speech
+
+
+@dataclass
+class Update:
+    """One step of a request for the UI: a new chunk's mp4, the whole video's mp4, a status line."""
+
+    chunk: Path | None
+    final: Path | None
+    status: str
+    warnings: tuple[str, ...] = ()
+
+
+def generate(sample: Callable[..., Iterator], request: GenerationRequest, *, chunks: bool = True,
+             progress: Callable[[float, str], None] = lambda f, d: None) -> Iterator[Update]:
+    """Run one request: speech in, `sample(image, speech, seed=..., **settings)` (the pipeline's
+    `stream`, or a ZeroGPU-wrapped copy of it) for the chunks, each written as an mp4 when
+    `chunks`, then the whole video and the figures line. CPU work (speech synthesis, checks,
+    encoding) stays outside `sample`."""
+    t0 = time.perf_counter()
+    progress(0.01, "Reading the speech")
+    speech = load_request_speech(request)
+    folder, whole = request_dir(), VideoAssembler()
+    first_s, n_clips = None, 0
+    progress(0.02, "Encoding the portrait and the speech")
+    stream = sample(request.image, speech, seed=request.seed, **request.settings)
+    for clip in stream:
+        first_s = time.perf_counter() - t0 if first_s is None else first_s
+        whole.add(clip)
+        n_clips = clip.num_chunks
+        progress((clip.index + 1) / max(clip.num_chunks, 1), f"Chunk {clip.index + 1} of {clip.num_chunks}")
+        chunk = write_chunk(folder, clip) if chunks else None
+        yield Update(chunk, None, f"Generating… chunk {clip.index + 1} of {clip.num_chunks}", tuple(clip.warnings))
+    progress(1.0, "Writing the whole video")
+    total = time.perf_counter() - t0
+    final = whole.write(folder / "talking_head.mp4")
+    sampling_s = getattr(stream, "timings", {}).get("dit", total)  # a ZeroGPU generator has no timings
+    line = timing_line(first_s or total, total, whole.seconds, n_clips * request.settings["num_inference_steps"],
+                       sampling_s)
+    yield Update(None, final, line)
 
 
 # ---------------------------------------------------------------- files and figures
@@ -192,23 +176,25 @@ def request_dir(root: Path | None = None) -> Path:
     return Path(tempfile.mkdtemp(dir=root))
 
 
-def write_chunk(folder: Path, clip) -> Path:
-    """One `ClipOutput` -> an H.264 + AAC mp4 of its frames and the audio they span."""
+def write_chunk(folder: Path, chunk) -> Path:
+    """One `VideoChunk` -> an H.264 + AAC mp4 of its frames and the audio they span."""
     from .media import write_mp4
 
-    return write_mp4(folder / f"clip_{clip.index:04d}.mp4", clip.frames, clip.audio, clip.sample_rate, clip.fps)
+    return write_mp4(folder / f"chunk_{chunk.index:04d}.mp4", chunk.frames, chunk.audio, chunk.sample_rate, chunk.fps)
 
 
 class VideoAssembler:
-    """Collect clips as they stream, then write the whole video as one mp4."""
+    """Collect chunks as they stream, then write the whole video as one mp4."""
 
     def __init__(self):
         self.frames: list[np.ndarray] = []
         self.audio: list[np.ndarray] = []
+        self.sample_rate = SAMPLE_RATE
 
-    def add(self, clip) -> None:
-        self.frames.append(clip.frames)
-        self.audio.append(clip.audio)
+    def add(self, chunk) -> None:
+        self.frames.append(chunk.frames)
+        self.audio.append(chunk.audio)
+        self.sample_rate = chunk.sample_rate
 
     @property
     def seconds(self) -> float:
@@ -217,7 +203,7 @@ class VideoAssembler:
     def write(self, path: Path) -> Path:
         from .media import write_mp4
 
-        return write_mp4(path, np.concatenate(self.frames), np.concatenate(self.audio))
+        return write_mp4(path, np.concatenate(self.frames), np.concatenate(self.audio), self.sample_rate)
 
 
 def timing_line(first_clip_s: float, total_s: float, video_s: float, denoise_steps: int, sampling_s: float) -> str:
@@ -238,3 +224,8 @@ def find_examples(folder) -> list[tuple[str, str]]:
     images = pick("portrait", {".png", ".jpg", ".jpeg", ".webp"})
     speech = pick("speech", {".wav", ".flac", ".mp3", ".ogg"})
     return [(str(images[k]), str(speech[k])) for k in sorted(images) if k in speech]
+
+
+def slider_range(name: str) -> tuple[float, float]:
+    """The app's slider range of a parameter (a sub-range of what the pipeline accepts)."""
+    return LIMITS[name].ui

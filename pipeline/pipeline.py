@@ -232,6 +232,8 @@ class TalkingHeadPipeline:
             seed = check_value("seed", seed)
         # 2. Speech in (checked here, before any model work)
         speech_in = audio if isinstance(audio, media.Speech) else self.load_speech(audio, max_seconds)
+        if speech_in.seconds > self.config.max_seconds:
+            raise InputError(f"the audio is {speech_in.seconds:.1f} s long; the limit is {self.config.max_seconds:g} s")
         num_frames = max(1, round(speech_in.seconds * FPS))
         timings: dict = {}
         chunks = self._generate(image, speech_in, num_frames, settings, generator, seed, progress, callback_on_step_end,

@@ -22,9 +22,9 @@ import pytest
 
 import app
 from pipeline import app_support as sup
-from pipeline import media
+from pipeline import media, serving
 from pipeline.config import FPS, SAMPLE_RATE
-from pipeline.infer import DEFAULT_CHECKPOINT
+from pipeline.serving import DEFAULT_CHECKPOINT
 
 TMP = Path(tempfile.mkdtemp(prefix="test-app-"))
 ARGS = dict(source=app.SOURCE_AUDIO, text="", voice=app.VOICE, rate=app.RATE, steps=app.STEPS,
@@ -101,7 +101,7 @@ def shared_pipeline():
     from pipeline.pipeline import TalkingHeadPipeline
 
     pipe = TalkingHeadPipeline.from_pretrained(model_dir())
-    sup.warm_up(pipe, sup.find_examples(examples_dir()))
+    serving.warm_up(pipe, sup.find_examples(examples_dir()))
     return pipe
 
 
@@ -120,7 +120,7 @@ def serving_threads():
     import torch
 
     before = torch.get_num_threads()
-    sup.set_cpu_threads()
+    serving.set_cpu_threads()
     yield
     torch.set_num_threads(before)
 
@@ -134,30 +134,30 @@ def client():
 
 # ---------------------------------------------------------------- fakes
 class FakePipeline:
-    """Pipeline-shaped: real `load_audio`, instant solid-colour clips of 1 s each."""
+    """Pipeline-shaped: instant solid-colour chunks of 1 s each, carrying the speech's own audio."""
 
-    def __init__(self, max_seconds=120.0, delay=0.0, warnings=()):
-        from pipeline.config import PipelineConfig
-
-        self.config = PipelineConfig(max_seconds=max_seconds)
+    def __init__(self, delay=0.0, warnings=()):
         self.delay, self.warnings, self.calls, self.clips_made = delay, list(warnings), [], 0
+        self.closed = threading.Event()  # set when the consumer closes (or drops) the generation
 
-    def load_audio(self, audio):
-        from pipeline.pipeline import TalkingHeadPipeline
+    def stream(self, image, speech, **kw):
+        self.calls.append(dict(image=image, audio=speech, **kw))
+        return self._chunks(speech)
 
-        return TalkingHeadPipeline.load_audio(self, audio)
+    def _chunks(self, speech):
+        from pipeline.pipeline import VideoChunk
 
-    def stream(self, image, audio, **kw):
-        from pipeline.pipeline import ClipOutput
-
-        self.calls.append(dict(image=image, audio=audio, **kw))
-        n = max(1, int(np.ceil(len(audio) / SAMPLE_RATE)))
-        for j in range(n):
-            time.sleep(self.delay)
-            self.clips_made += 1
-            frames = np.full((FPS, 32, 32, 3), 40 * j % 255, np.uint8)
-            yield ClipOutput(j, n, frames, audio[j * SAMPLE_RATE:(j + 1) * SAMPLE_RATE], j * FPS,
-                             warnings=self.warnings if j == 0 else [])
+        n = max(1, int(np.ceil(speech.seconds)))
+        try:
+            for j in range(n):
+                time.sleep(self.delay)
+                self.clips_made += 1
+                frames = np.full((FPS, 32, 32, 3), 40 * j % 255, np.uint8)
+                audio = media.audio_span(speech.samples, speech.sample_rate, j * FPS, FPS)
+                yield VideoChunk(j, n, frames, audio, j * FPS, speech.sample_rate,
+                                 warnings=self.warnings if j == 0 else [])
+        finally:
+            self.closed.set()
 
 
 def no_progress(*args, **kwargs):
@@ -203,8 +203,12 @@ def test_build_demo_wires_every_control():
     assert any(c["type"] == "dataset" for c in comps.values()), "examples gallery missing"
     assert any(c["type"] == "accordion" and c["props"].get("label") == "Advanced" for c in comps.values())
     assert any("synthetic cartoon-face domain" in str(c["props"].get("value")) for c in comps.values())
+    import inspect
+
     fns = demo.fns
-    assert fns[gen["id"]].fn.__func__ is app.Handlers.stream and fns[vid["id"]].fn.__func__ is app.Handlers.video
+    for dep, name in ((gen, "stream"), (vid, "video")):
+        fn = fns[dep["id"]].fn
+        assert fn.__name__ == name and list(inspect.signature(fn).parameters) == [*sup.UI_FIELDS, "progress"]
     assert demo._queue.max_size == app.CPU_QUEUE["max_size"]
     assert demo._queue.default_concurrency_limit == app.CPU_QUEUE["default_concurrency_limit"]
 
@@ -233,34 +237,70 @@ def test_find_examples_pairs_by_name(tmp_path):
 
 
 def test_pipeline_cache_creates_once_across_threads():
-    made = []
+    made, release = [], threading.Event()
 
     def factory():
-        time.sleep(0.05)
+        release.wait(5)  # every thread is inside get() before the first factory call returns
         made.append(1)
         return object()
 
-    cache = sup.PipelineCache(factory)
+    cache = serving.PipelineCache(factory)
     got = []
     threads = [threading.Thread(target=lambda: got.append(cache.get())) for _ in range(8)]
     [t.start() for t in threads]
-    [t.join() for t in threads]
-    assert made == [1] and len({id(g) for g in got}) == 1
+    release.set()
+    [t.join(10) for t in threads]
+    assert made == [1] and len(got) == 8 and len({id(g) for g in got}) == 1
 
 
-def test_zero_gpu_decorator_is_a_no_op_elsewhere(monkeypatch):
-    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+def test_zero_gpu_flag_is_parsed_like_spaces(monkeypatch):
+    for value, expected in (("1", True), ("true", True), ("T", True), ("0", False), ("false", False), ("", False),
+                            ("no", False)):
+        monkeypatch.setenv("SPACES_ZERO_GPU", value)
+        assert serving.on_zero_gpu() is expected, value
     f = lambda: 1  # noqa: E731
-    assert app.on_zero_gpu(app.gpu_seconds)(f) is f
-    short = app.gpu_seconds(None, app.SOURCE_AUDIO, speech(2.0), "", app.VOICE, app.RATE, 4)
-    long = app.gpu_seconds(None, app.SOURCE_TEXT, None, "word " * 300, app.VOICE, 150, 4)
-    assert 0 < short < long <= 300
+    monkeypatch.setenv("SPACES_ZERO_GPU", "false")
+    assert app.on_zero_gpu(app.Handlers.gpu_seconds)(f) is f
+
+
+def test_gpu_time_request_grows_with_speech_and_stays_within_the_cap():
+    short = media.load_speech(speech(2.0))
+    long = media.load_speech(np.zeros(100 * SAMPLE_RATE, np.float32) + 0.1)
+    a = app.Handlers.gpu_seconds(None, short, num_inference_steps=4)
+    b = app.Handlers.gpu_seconds(None, long, num_inference_steps=50)
+    assert 0 < a < b <= serving.GPU_MAX_S
+
+
+def test_under_zero_gpu_only_the_generation_is_decorated(monkeypatch):
+    """ZeroGPU simulated: `spaces.GPU` wraps `Handlers._sample` alone, and a bad request never reaches it."""
+    import types
+
+    entered = []
+
+    def gpu(duration):
+        def wrap(fn):
+            def run(*args, **kwargs):
+                entered.append(duration(*args, **kwargs))
+                yield from fn(*args, **kwargs)
+            return run
+        return wrap
+
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    monkeypatch.setitem(sys.modules, "spaces", types.SimpleNamespace(GPU=gpu))
+    handlers = app.Handlers(serving.PipelineCache(FakePipeline))
+    with pytest.raises(gr.Error, match="No portrait"):
+        run(handlers, None, speech(2.0))
+    with pytest.raises(gr.Error, match="Steps must be"):
+        run(handlers, portrait(), speech(2.0), steps=0)
+    assert entered == []
+    out = run(handlers, portrait(), speech(2.0))
+    assert len(entered) == 1 and 0 < entered[0] <= serving.GPU_MAX_S and Path(out[-1][1]).is_file()
 
 
 # ---------------------------------------------------------------- every user error, at handler level
 @pytest.fixture
 def handlers():
-    return app.Handlers(sup.PipelineCache(FakePipeline))
+    return app.Handlers(serving.PipelineCache(FakePipeline))
 
 
 def test_streams_chunks_then_whole_video(handlers):
@@ -280,7 +320,7 @@ def test_without_ffmpeg_only_the_whole_video_comes(handlers):
 
 def test_text_source_speaks_the_text(handlers):
     out = run(handlers, portrait(), None, source=app.SOURCE_TEXT, text="Hello, nice to meet you.", voice="en-us+m3")
-    wav = handlers.cache.get().calls[0]["audio"]
+    wav = handlers.cache.get().calls[0]["audio"].whisper
     assert 0.8 < len(wav) / SAMPLE_RATE < 4 and np.abs(wav).max() > 0.1
     assert Path(out[-1][1]).is_file()
 
@@ -289,11 +329,11 @@ def test_text_source_speaks_the_text(handlers):
     (None, "speech", {}, "No portrait"),
     ("portrait", None, {}, "No speech"),
     ("portrait", None, dict(source=app.SOURCE_TEXT, text="   "), "text box is empty"),
-    ("portrait", "speech", dict(steps=0), "Steps must be a whole number from 1 to 50"),
+    ("portrait", "speech", dict(steps=0), "Steps must be a whole number from 1 to 100"),
     ("portrait", "speech", dict(steps=2.5), "Steps must be a whole number"),
-    ("portrait", "speech", dict(alpha=-1.0), "α must be a number from 0 to 10"),
+    ("portrait", "speech", dict(alpha=-1.0), "α must be a number from 0 to 20"),
     ("portrait", "speech", dict(beta=float("nan")), "β must be"),
-    ("portrait", "speech", dict(cfg_mode="Both"), "CFG mode must be Joint or Split"),
+    ("portrait", "speech", dict(cfg_mode="Both"), "CFG mode must be one of joint, split"),
     ("portrait", "speech", dict(seed=-3), "Seed must be"),
     ("portrait", "speech", dict(clip_latent_frames=1), "Clip length must be"),
     ("portrait", "speech", dict(shift=0.0), "Schedule shift must be"),
@@ -320,14 +360,15 @@ def test_audio_problems_become_gr_error(handlers, tmp_path):
             run(handlers, portrait(), str(path))
 
 
-def test_pipeline_limit_becomes_gr_error():
-    handlers = app.Handlers(sup.PipelineCache(lambda: FakePipeline(max_seconds=1.0)))
-    with pytest.raises(gr.Error, match="the limit is 1 s"):
-        run(handlers, portrait(), speech(2.0))
+def test_model_limit_becomes_gr_error(small_pipe, tmp_path):
+    """The app's own limit (30 s by default) and the model's (`config.max_seconds`, 20 s here) both hold."""
+    handlers = app.Handlers(serving.PipelineCache(lambda: small_pipe))
+    with pytest.raises(gr.Error, match="the limit is 20 s"):
+        run(handlers, portrait(), write_speech(tmp_path / "long.wav", 25.0), max_seconds=30)
 
 
 def test_unreadable_image_and_no_face_with_a_real_pipeline(small_pipe, tmp_path):
-    handlers = app.Handlers(sup.PipelineCache(lambda: small_pipe))
+    handlers = app.Handlers(serving.PipelineCache(lambda: small_pipe))
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"\x89PNG not really" * 10)
     with pytest.raises(gr.Error, match="cannot read junk.png as an image"):
@@ -346,9 +387,23 @@ def test_portrait_component_turns_pil_errors_into_words(tmp_path):
 
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"not an image")
-    comp = app.portrait_input(type="filepath")
+    comp = app.portrait_input()
     with pytest.raises(gr.Error, match="Cannot read the portrait as an image"):
         comp.preprocess(ImageData(path=str(junk), orig_name="junk.png"))
+
+
+def test_portrait_component_hands_over_the_original_file(tmp_path):
+    """A 16-bit grayscale portrait reaches the pipeline as the uploaded file, not an 8-bit conversion."""
+    import cv2
+    from gradio.data_classes import ImageData
+
+    deep = tmp_path / "deep.png"
+    gray = (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16)
+    cv2.imwrite(str(deep), gray)
+    got = app.portrait_input().preprocess(ImageData(path=str(deep), orig_name="deep.png"))
+    assert Path(got).read_bytes() == deep.read_bytes()
+    rgb = media.load_image(got)
+    assert rgb.mean() == pytest.approx(127.5, abs=2)  # not white
 
 
 # ---------------------------------------------------------------- end to end over HTTP
@@ -415,12 +470,12 @@ def test_cancel_stops_the_pipeline():
         media.write_wav(long, 0.1 * np.sin(np.arange(20 * SAMPLE_RATE, dtype=np.float32) / 10))
         job = Client(f"http://127.0.0.1:{port}/", verbose=False).submit(
             handle_file(other_portrait(TMP)), app.SOURCE_AUDIO, handle_file(str(long)), api_name="/generate")
-        while fake.clips_made < 2:
+        deadline = time.monotonic() + 60
+        while fake.clips_made < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert fake.clips_made >= 2, "the generation did not start"
         job.cancel()
-        time.sleep(1.0)
-        made = fake.clips_made
-        time.sleep(1.0)
-        assert made == fake.clips_made < 10, "the pipeline kept generating after the cancel"
+        assert fake.closed.wait(timeout=1.0), "Stop did not end the generation within 1 s"
+        assert fake.clips_made < 10
     finally:
         demo.close()
