@@ -35,8 +35,14 @@ def test_cli_writes_mp4_and_reports_rtf(model_dir, inputs, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra,words", [
-    (["--steps", "0"], "num_inference_steps"),
-    (["--alpha", "nan"], "alpha"),
+    (["--steps", "0"], "--steps must be a whole number from 1 to 100 (got '0')"),
+    (["--steps", "many"], "--steps must be a whole number"),
+    (["--alpha", "nan"], "--alpha"),
+    (["--threads", "-1"], "--threads must be a whole number from 0"),
+    (["--seed", "-5"], "--seed"),
+    (["--clip-latent-frames", "1"], "--clip-latent-frames"),
+    (["--cfg", "both"], "--cfg must be one of joint, split"),
+    (["--mode", "fast"], "--mode must be one of read, rest"),
     (["--audio", "/nonexistent/x.wav"], "not found"),
     (["--image", "/nonexistent/x.png"], "not found"),
 ])
@@ -56,3 +62,28 @@ def test_cli_process_exit_code_and_no_traceback(model_dir, inputs, tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "empty" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_cli_output_folder_refused_before_generating(model_dir, inputs, tmp_path, capsys):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    code = run(parse_args(["--image", str(inputs[0]), "--audio", str(inputs[1]), "--out", str(folder),
+                           "--checkpoint", str(model_dir)]))
+    err = capsys.readouterr().err
+    assert code == 2 and "is a folder" in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.rglob("*.mp4")) == [] and list(folder.iterdir()) == []
+
+
+def test_cli_refuses_over_long_audio_from_its_header(model_dir, inputs, tmp_path, capsys, monkeypatch):
+    """Over the model's limit (20 s here): refused before the audio is decoded or the model loaded."""
+    import numpy as np
+
+    from pipeline import media, pipeline
+
+    long = tmp_path / "long.wav"
+    write_wav(long, np.zeros(16000 * 25, np.float32))
+    monkeypatch.setattr(media, "decode_audio", lambda *a, **k: pytest.fail("the audio was decoded"))
+    monkeypatch.setattr(pipeline.TalkingHeadPipeline, "from_pretrained", lambda *a, **k: pytest.fail("model loaded"))
+    code = run(parse_args(["--image", str(inputs[0]), "--audio", str(long), "--out", str(tmp_path / "o.mp4"),
+                           "--checkpoint", str(model_dir)]))
+    assert code == 2 and "the limit is 20 s" in capsys.readouterr().err
