@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline import serving
 from pipeline.config import SAMPLE_RATE
-from pipeline.eval import benchmark
+from pipeline.eval import benchmark, flops
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,8 @@ def test_times_positive_and_parts_within_total(result, which):
 
 def test_dit_flops_and_efficiency(result):
     assert result["dit_flops_per_forward"] > 0 and result["matmul_peak_flops"]["float32"] > 0
-    assert 0 < result["dit_efficiency"] <= 1.5
+    peak = result["matmul_peak_flops"][result["environment"]["dtype"]]
+    assert result["dit_efficiency"] == pytest.approx(result["dit_achieved_flops"] / peak)
     s = result["settings"]
     forwards = result["num_clips"] * s["num_inference_steps"]
     assert result["dit_achieved_flops"] == pytest.approx(
@@ -56,12 +58,12 @@ def test_flops_include_attention_on_cpu(small_pipe):
 
     settings = benchmark.resolve_settings(small_pipe, cfg_mode="split")
     with FlopCounterMode(display=False) as plain:
-        benchmark._dit_call(small_pipe, settings)()
+        flops._dit_call(small_pipe, settings)()
     d, f, m = small_pipe.dit.config, settings["clip_latent_frames"], small_pipe.speech_ae.config.num_tokens
     n = (small_pipe.config.height // 32) * (small_pipe.config.width // 32)  # tokens per latent frame
     self_attn = 3 * 4 * ((1 + f) * n) ** 2 * d.hidden_size  # 3 CFG passes, all tokens attend to all
     audio_attn = 3 * f * 4 * n * m * d.hidden_size  # each clip frame's n tokens attend to its m codes
-    extra = benchmark.count_dit_flops(small_pipe, settings) - plain.get_total_flops()
+    extra = flops.count_dit_flops(small_pipe, settings) - plain.get_total_flops()
     assert extra == (self_attn + audio_attn) * d.depth
 
 
@@ -73,10 +75,14 @@ def test_markdown_row_per_component(result):
     assert any(r.startswith("| **End to end**") for r in rows) and "DiT efficiency" in table
 
 
-def test_app_defaults_read_from_app_py():
-    app = benchmark.app_defaults()
-    assert {"num_inference_steps", "cfg_mode", "alpha", "beta"} <= set(app)
-    assert isinstance(app["num_inference_steps"], int) and app["cfg_mode"] in ("joint", "split")
+def test_app_defaults_are_the_apps_own(result):
+    """The benchmark's "app defaults" run uses the constants the app itself shows (serving.APP_SETTINGS)."""
+    import app
+
+    measured = result["app_defaults"]["settings"]
+    assert measured == {k: serving.APP_SETTINGS[k] for k in benchmark.SETTING_KEYS}
+    assert (app.STEPS, app.CFG_MODE.lower(), app.ALPHA) == (measured["num_inference_steps"], measured["cfg_mode"],
+                                                           measured["alpha"])
 
 
 def test_example_audio_cut_and_tiled():

@@ -5,9 +5,9 @@
     python -m pipeline.eval.benchmark --preset read-512       # GPU only: random weights, same FLOPs
 
 Every timing goes through `TalkingHeadPipeline.stream`, the one sampling path; the stage split
-comes from the `timings` it fills (reference, speech, dit, decode), Whisper is timed by wrapping
-the function the pipeline calls, and `media.write_mp4` is the mux. A run is measured at the given
-settings and at the app defaults (read from app.py's constants without importing gradio).
+comes from the `timings` its `VideoStream` fills (reference, whisper, speech_ae, dit, decode), and
+`media.write_mp4` is the mux. A run is measured at the given settings and at the app defaults
+(`serving.APP_SETTINGS`, the constants the app itself uses).
 
 DiT efficiency = counted FLOPs of one batched CFG forward (FlopCounterMode) x forwards of the run
 / measured DiT seconds, over the peak of a large matmul measured in the same process and dtype.
@@ -16,7 +16,6 @@ Random weights cost the same FLOPs as trained ones, so `--preset` figures are va
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import platform
@@ -29,10 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import FPS, SAMPLE_RATE
+from ..config import SAMPLE_RATE
+from ..serving import APP_SETTINGS
+from .flops import dit_figures, sync
 
 ROOT = Path(__file__).resolve().parents[2]
-APP_PY = ROOT / "app.py"
 SPEECH = ROOT / "assets" / "examples" / "speech_2.wav"
 PORTRAIT = ROOT / "assets" / "examples" / "portrait_2.png"
 COMPONENTS = [  # (key, label) in pipeline order; the markdown table has one row each
@@ -40,31 +40,13 @@ COMPONENTS = [  # (key, label) in pipeline order; the markdown table has one row
     ("dit", "DiT (all sampling)"), ("decode", "VAE decode"), ("mux", "mp4 mux"),
 ]
 SETTING_KEYS = ("num_inference_steps", "cfg_mode", "alpha", "beta", "shift", "clip_latent_frames")
-APP_CONSTANTS = {"STEPS": "num_inference_steps", "CFG_MODE": "cfg_mode", "ALPHA": "alpha", "BETA": "beta",
-                 "SHIFT": "shift", "CLIP_LATENT_FRAMES": "clip_latent_frames"}
 
 
 # ---------------------------------------------------------------- inputs and settings
-def app_defaults(path: Path = APP_PY) -> dict:
-    """The app's sampling defaults (STEPS, CFG_MODE, ALPHA, BETA, ...) as `stream` keyword arguments.
-
-    Read by parsing app.py: the constants are literals, and parsing spares importing gradio.
-    """
-    found = {}
-    for node in ast.parse(Path(path).read_text()).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            name = node.targets[0].id
-            if name in APP_CONSTANTS:
-                found[APP_CONSTANTS[name]] = ast.literal_eval(node.value)
-    if "cfg_mode" in found:
-        found["cfg_mode"] = found["cfg_mode"].lower()  # the UI says "Joint", the pipeline "joint"
-    return found
-
-
 def resolve_settings(pipe, **overrides) -> dict:
-    """All sampling settings, the pipeline config's where `overrides` gives None."""
-    sc = pipe.config.sampling
-    return {k: getattr(sc, k) if overrides.get(k) is None else overrides[k] for k in SETTING_KEYS}
+    """All sampling settings as a JSON-ready dict: the pipeline config's where `overrides` gives None."""
+    resolved = pipe.settings(**{k: v for k, v in overrides.items() if k in SETTING_KEYS})
+    return {k: getattr(resolved, k) for k in SETTING_KEYS}
 
 
 def example_audio(seconds: float, path: Path = SPEECH) -> np.ndarray:
@@ -77,35 +59,6 @@ def example_audio(seconds: float, path: Path = SPEECH) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- timing one generation
-def _sync(device) -> None:
-    import torch
-
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
-@contextmanager
-def _whisper_timer(store: dict):
-    """Time the Whisper encoder (log-mel + encoder) inside `pipe.encode_speech` by wrapping the
-    module function it calls; the rest of the speech stage is the SpeechAE."""
-    from .. import whisper as whisper_mod
-
-    original = whisper_mod.encode_speech_features
-
-    def timed(*args, **kwargs):
-        t0 = time.perf_counter()
-        out = original(*args, **kwargs)
-        _sync(out.device)
-        store["whisper"] = store.get("whisper", 0.0) + time.perf_counter() - t0
-        return out
-
-    whisper_mod.encode_speech_features = timed
-    try:
-        yield
-    finally:
-        whisper_mod.encode_speech_features = original
-
-
 @contextmanager
 def _forward_hooks(pipe, store: dict):
     """Sum the DiT's forward seconds inside the sampling (the rest of the DiT stage is the sampler's
@@ -116,12 +69,12 @@ def _forward_hooks(pipe, store: dict):
         store["_t"] = time.perf_counter()
 
     def stop(*_):
-        _sync(pipe.device)
+        sync(pipe.device)
         store["dit_forward"] = store.get("dit_forward", 0.0) + time.perf_counter() - store.pop("_t")
 
     hooks += [pipe.dit.register_forward_pre_hook(start), pipe.dit.register_forward_hook(stop)]
     if cuda:
-        hooks += [m.register_forward_hook(lambda *_: _sync("cuda")) for m in (pipe.vae.encoder, pipe.vae.decoder)]
+        hooks += [m.register_forward_hook(lambda *_: sync("cuda")) for m in (pipe.vae.encoder, pipe.vae.decoder)]
     try:
         yield
     finally:
@@ -133,22 +86,23 @@ def time_generation(pipe, image, wav: np.ndarray, settings: dict, out_path: Path
     """One generation, audio in -> mp4 out, through `stream`: seconds per stage, first clip, total."""
     from ..media import write_mp4
 
-    timings, clips, first = {}, [], None
-    with _whisper_timer(timings), _forward_hooks(pipe, timings):
+    hooked, clips, first = {}, [], None
+    with _forward_hooks(pipe, hooked):
         t0 = time.perf_counter()
-        for clip in pipe.stream(image, wav, timings=timings, progress=False, **settings):
+        stream = pipe.stream(image, wav, progress=False, **settings)
+        for clip in stream:
             first = time.perf_counter() - t0 if first is None else first
             clips.append(clip)
         t1 = time.perf_counter()
         frames, audio = np.concatenate([c.frames for c in clips]), np.concatenate([c.audio for c in clips])
         write_mp4(out_path, frames, audio, clips[0].sample_rate, clips[0].fps)
         t2 = time.perf_counter()
+    timings = stream.timings
     return dict(
-        whisper=timings.get("whisper", 0.0), speech_ae=timings["speech"] - timings.get("whisper", 0.0),
+        whisper=timings.get("whisper", 0.0), speech_ae=timings.get("speech_ae", 0.0),
         reference=timings["reference"], dit=timings["dit"], decode=timings["decode"], mux=t2 - t1,
-        dit_forward=timings["dit_forward"], total=t2 - t0, first_clip=first,
-        first_clip_from_timings=timings["reference"] + timings["speech"] + timings["first_clip"],
-        num_clips=clips[0].num_clips, frames=len(frames),
+        dit_forward=hooked["dit_forward"], total=t2 - t0, first_clip=first,
+        first_clip_from_timings=timings["first_chunk"], num_clips=clips[0].num_chunks, frames=len(frames),
     )
 
 
@@ -172,130 +126,6 @@ def measure(pipe, image, wav: np.ndarray, settings: dict, repeats: int) -> dict:
                 runs=runs)
 
 
-# ---------------------------------------------------------------- DiT FLOPs, peak, profile
-def matmul_peak(dtype, device, size: int = 2048, budget_s: float = 1.0) -> float:
-    """Best FLOP/s of a size x size matmul in `dtype` (at least 3 timed products, up to budget_s)."""
-    import torch
-
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    inner = 10 if torch.device(device).type == "cuda" else 1  # GPU: amortise the sync
-    torch.mm(a, b)  # warm-up
-    _sync(device)
-    best, start, n = 0.0, time.perf_counter(), 0
-    while n < 3 or time.perf_counter() - start < budget_s:
-        t0 = time.perf_counter()
-        for _ in range(inner):
-            a @ b
-        _sync(device)
-        best, n = max(best, 2 * size**3 * inner / (time.perf_counter() - t0)), n + 1
-    return best
-
-
-def _dit_call(pipe, settings: dict):
-    """One batched CFG forward of the DiT at the clip shape [z_R, f latent frames], as the sampler makes it."""
-    import torch
-
-    from .. import sampler, scheduler
-
-    f, d, s = settings["clip_latent_frames"], pipe.dit.config, pipe.speech_ae.config
-    g = torch.Generator().manual_seed(0)
-    shape = (1, d.in_channels, 1 + f, pipe.config.height // 32, pipe.config.width // 32)
-    z = torch.randn(shape, generator=g).to(pipe.device, pipe.dtype)
-    audio = torch.randn((1, f, s.num_tokens, s.code_dim), generator=g).to(pipe.device, pipe.dtype)
-    t = scheduler.clip_timesteps(0.5, 0.75, f)[None].to(pipe.device, pipe.dtype)
-    cfg = settings["cfg_mode"], settings["alpha"], settings["beta"]
-    return torch.no_grad()(lambda: sampler.cfg_velocity(pipe.dit, z, t, audio, *cfg))
-
-
-def count_dit_flops(pipe, settings: dict) -> int:
-    """FLOPs of one batched CFG forward. The CPU attention kernel has no formula in torch's
-    counter: it gets the same count as the GPU kernels (QK^T and PV)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
-
-    def cpu_sdpa(q, k, v, *args, out_shape=None, **kwargs):
-        return sdpa_flop_count(q, k, v)
-
-    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa}
-    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-        _dit_call(pipe, settings)()
-    return counter.get_total_flops()
-
-
-def _category(op: str) -> str:
-    op = op.removeprefix("aten::")
-    if op in ("addmm", "mm", "bmm", "baddbmm", "matmul", "linear"):
-        return "matmul"
-    if "attention" in op or op.startswith("_softmax") or op == "softmax":
-        return "attention"
-    if "norm" in op:
-        return "norm"
-    if op in ("cat", "copy_", "clone", "contiguous", "repeat_interleave", "index", "_to_copy", "stack", "where",
-              "expand", "repeat", "empty", "zeros_like", "fill_", "unbind", "reshape", "view", "_unsafe_view"):
-        return "copy/layout"
-    return "elementwise/other"
-
-
-def profile_dit(pipe, settings: dict, forwards: int = 3, top: int = 8) -> dict:
-    """Wall time of one forward (no profiler) and where it goes: top ops and op categories by self time."""
-    import torch
-    from torch.profiler import ProfilerActivity, profile
-
-    call, cuda = _dit_call(pipe, settings), pipe.device.type == "cuda"
-    call()  # warm-up
-    walls = []
-    for _ in range(max(3, forwards)):
-        t0 = time.perf_counter()
-        call()
-        _sync(pipe.device)
-        walls.append(time.perf_counter() - t0)
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=acts) as prof:
-        t0 = time.perf_counter()
-        for _ in range(forwards):
-            call()
-        _sync(pipe.device)
-        wall = time.perf_counter() - t0
-    attr = "self_device_time_total" if cuda else "self_cpu_time_total"
-    events = [(e.key, getattr(e, attr) / 1e6, e.count) for e in prof.key_averages()]
-    events = sorted((e for e in events if e[1] > 0), key=lambda e: -e[1])
-    total = sum(e[1] for e in events)
-    cats: dict = {}
-    for name, s, _ in events:
-        cats[_category(name)] = cats.get(_category(name), 0.0) + s / total
-    return dict(
-        forward_s=float(np.median(walls)), time_basis="device" if cuda else "cpu",
-        ops_share_of_wall=total / wall,  # CPU: the rest is Python, dispatch and profiler overhead
-        top_ops=[dict(op=n, share=s / total, ms_per_forward=1e3 * s / forwards, calls_per_forward=c / forwards)
-                 for n, s, c in events[:top]],
-        categories=dict(sorted(cats.items(), key=lambda kv: -kv[1])),
-    )
-
-
-def dit_figures(pipe, settings: dict, measured: dict, matmul_size: int = 2048) -> dict:
-    """FLOPs per forward and per second of video, achieved FLOP/s, the matmul peak and the efficiency."""
-    import torch
-
-    flops = count_dit_flops(pipe, settings)
-    forwards = measured["num_clips"] * settings["num_inference_steps"]
-    video_s = measured["video_frames"] / FPS
-    peaks = {"float32": matmul_peak(torch.float32, pipe.device, matmul_size)}
-    if pipe.dtype != torch.float32:
-        peaks[str(pipe.dtype).removeprefix("torch.")] = matmul_peak(pipe.dtype, pipe.device, matmul_size)
-    achieved = flops * forwards / measured["components_s"]["dit"]
-    profile = profile_dit(pipe, settings)
-    return dict(
-        dit_flops_per_forward=flops, dit_forwards=forwards, dit_forwards_per_video_second=forwards / video_s,
-        dit_flops_per_video_second=flops * forwards / video_s, dit_achieved_flops=achieved,
-        matmul_peak_flops=peaks, matmul_size=matmul_size,
-        dit_efficiency=achieved / peaks[str(pipe.dtype).removeprefix("torch.")],
-        dit_forward_share=measured["dit_forward_s"] / measured["components_s"]["dit"],
-        dit_profile=profile,
-    )
-
-
-# ---------------------------------------------------------------- the whole benchmark
 def _environment(pipe) -> dict:
     import torch
 
@@ -318,13 +148,13 @@ def run_benchmark(pipe, *, seconds: float = 10.0, repeats: int = 3, settings: di
     """All figures for `seconds` of the example speech, as a JSON-ready dict.
 
     settings: `stream` keyword arguments (None = the model's defaults); app_settings: the app's
-    defaults (None = read app.py). The model must be loaded already: loading is not timed.
+    defaults (None = `serving.APP_SETTINGS`). The model must be loaded already: loading is not timed.
     """
     import torch
 
     wav = example_audio(seconds)
     settings = resolve_settings(pipe, **(settings or {}))
-    app = resolve_settings(pipe, **(app_defaults() if app_settings is None else app_settings))
+    app = resolve_settings(pipe, **(APP_SETTINGS if app_settings is None else app_settings))
     env = _environment(pipe)  # the load average before our own work: other jobs on the machine
     if pipe.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -399,7 +229,7 @@ def to_markdown(r: dict) -> str:
 # ---------------------------------------------------------------- command line
 def parse_args(argv=None):
     from ..config import PRESETS
-    from ..infer import DEFAULT_CHECKPOINT
+    from ..serving import DEFAULT_CHECKPOINT
 
     p = argparse.ArgumentParser(description="READ speed benchmark (stages, real-time factor, DiT efficiency)")
     src = p.add_mutually_exclusive_group()
@@ -427,7 +257,7 @@ def load_pipeline(args):
     """(pipeline, model name), or (None, reason) when this machine cannot run it."""
     import torch
 
-    from ..app_support import pick_device
+    from ..serving import pick_device
     from ..config import PipelineConfig, get_preset
     from ..pipeline import TalkingHeadPipeline
 
