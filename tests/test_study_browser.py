@@ -68,6 +68,13 @@ def test_one_participant_completes_the_study_in_chromium(browser, tmp_path):
             rate_current(page, scores)
         page.get_by_text("Thank you! You have rated every video.").wait_for(timeout=30_000)
         expect(page.get_by_role("button", name="Next")).to_be_hidden()
+        page.get_by_role("button", name="New participant").click()  # the next person at the same computer
+        expect(page.get_by_role("button", name="Start")).to_be_visible()
+        page.reload()
+        page.get_by_role("tab", name="Study").click()
+        expect(page.get_by_label("Participant code")).to_have_value("p7", timeout=30_000)  # the load has run
+        expect(page.get_by_text("You have rated every video")).to_have_count(0)  # p7's finished session is not resumed
+        expect(page.get_by_role("button", name="Start")).to_be_visible()
         page.close()
     rows = Store(tmp_path / DB_FILE).ratings()
     got = [[r["score"] for r in rows if r["position"] == p] for p in range(4)]

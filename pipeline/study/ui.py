@@ -19,7 +19,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from .render import VIDEO_DIR
+from .render import VIDEO_DIR, study_salt
 from .service import StudyService, TrialView, client_kind, read_token
 from .spec import SCALE, SCALE_LABELS, Study, StudyError
 
@@ -63,13 +63,18 @@ class StudyHandlers:
         """A reload: the saved session's current trial (or the consent page), and ?code= filled in."""
         code = request.query_params.get("code", "") if request is not None else ""
         view = self.service.resume(saved) if saved else None
-        return (*(_out(view) if view else ("", -1, None, f"## {self.service.study.title}")), code)
+        return (*(_out(view) if view else self.consent_page()), code)
+
+    def consent_page(self) -> tuple:
+        """Outputs for "no session": the consent page (also for the next participant on a shared computer)."""
+        return "", -1, None, f"## {self.service.study.title}"
 
 
 def _layout(number, criteria: int):
     """Which panel shows for a trial number (-1 consent, 0 done, >= 1 a trial); radios cleared."""
     number = -1 if number is None else int(number)
-    return (gr.update(visible=number < 0), gr.update(visible=number > 0), *([None] * criteria))
+    return (gr.update(visible=number < 0), gr.update(visible=number > 0), gr.update(visible=number == 0),
+            *([None] * criteria))
 
 
 def build_study_tab(study: Study | str | Path, token: str | None = None) -> StudyService:
@@ -84,7 +89,10 @@ def build_study_tab(study: Study | str | Path, token: str | None = None) -> Stud
     service = StudyService(study, token or read_token())
     study, handlers = service.study, StudyHandlers(service)
     gr.set_static_paths([study.output / VIDEO_DIR])  # only the hashed mp4 files; the database is outside
-    key = "read-study-" + hashlib.sha256(str(study.output).encode()).hexdigest()[:12]
+    # the browser keeps the session id encrypted under a key made from the study's secret salt, so
+    # that a reload after a server restart still resumes (gradio's default key changes per process)
+    salt = hashlib.sha256(f"browser-state:{study_salt(study)}".encode()).hexdigest()
+    key = "read-study-" + salt[:12]
     with gr.Tab("Study"):
         heading = gr.Markdown(f"## {study.title}")
         with gr.Column(visible=True) as consent_box:
@@ -95,31 +103,33 @@ def build_study_tab(study: Study | str | Path, token: str | None = None) -> Stud
             start = gr.Button("Start", variant="primary", interactive=False)
         with gr.Column(visible=False) as trial_box:
             video = gr.Video(autoplay=True, interactive=False, show_label=False, buttons=[], height=420)
-            radios = [gr.Radio(CHOICES, label=f"{c.question}", info=c.name) for c in study.criteria]
+            radios = [gr.Radio(CHOICES, label=c.question, info=c.name) for c in study.criteria]
             next_btn = gr.Button("Next", variant="primary")
-        session = gr.Textbox(visible=False)
-        number = gr.Number(visible=False, precision=0)
-        saved = gr.BrowserState("", storage_key=key)
+        new_participant = gr.Button("New participant", visible=False, size="sm")  # shared lab computers
+        session = gr.Textbox(visible=False, label="session")  # labels name the API parameters
+        number = gr.Number(visible=False, precision=0, label="trial")
+        saved = gr.BrowserState("", storage_key=key, secret=salt[12:44])
         with gr.Accordion("Researcher", open=False):
             token_box = gr.Textbox(type="password", label="Admin token", max_lines=1)
             show = gr.Button("Show results")
             results = gr.Markdown()
     ui = dict(heading=heading, consent_box=consent_box, code=code, agree=agree, start=start, trial_box=trial_box,
               video=video, radios=radios, next_btn=next_btn, session=session, number=number, saved=saved,
-              token_box=token_box, show=show, results=results)
+              token_box=token_box, show=show, results=results, new_participant=new_participant)
     _wire(handlers, Context.root_block, ui)
     return service
 
 
 def _wire(handlers: StudyHandlers, root, ui: dict) -> None:
-    """Connect the events; the layout and the saved session follow each successful call."""
+    """Connect the events; the layout and the browser's saved session follow each successful call."""
     outputs = [ui["session"], ui["number"], ui["video"], ui["heading"]]
-    layout = [ui["consent_box"], ui["trial_box"], *ui["radios"]]
+    layout = [ui["consent_box"], ui["trial_box"], ui["new_participant"], *ui["radios"]]
     n = len(ui["radios"])
 
-    def follow(event):
-        event.success(lambda k: _layout(k, n), ui["number"], layout, api_visibility="private", **FREE) \
-             .success(lambda s: s, ui["session"], ui["saved"], api_visibility="private", **FREE)
+    def follow(event):  # one step: the panel shown and the session saved in the browser never disagree
+        # gradio's BrowserState skips saving empty values: "-" stands for "no session"
+        event.success(lambda k, s: (*_layout(k, n), s or "-"), [ui["number"], ui["session"]],
+                      [*layout, ui["saved"]], api_visibility="private", **FREE)
 
     ui["agree"].change(lambda a: gr.update(interactive=bool(a)), ui["agree"], ui["start"],
                        api_visibility="private", **FREE)
@@ -127,4 +137,5 @@ def _wire(handlers: StudyHandlers, root, ui: dict) -> None:
     follow(ui["next_btn"].click(handlers.rate, [ui["session"], ui["number"], *ui["radios"]], outputs,
                                 api_name="study_rate", **FREE))
     follow(root.load(handlers.on_load, ui["saved"], [*outputs, ui["code"]], api_visibility="private", **FREE))
+    follow(ui["new_participant"].click(handlers.consent_page, None, outputs, api_visibility="private", **FREE))
     ui["show"].click(handlers.admin, ui["token_box"], ui["results"], api_name="study_admin", **FREE)
