@@ -54,7 +54,7 @@ def render(args) -> int:
 
         torch.set_num_threads(args.threads)
     done = run(study)
-    print(f"rendered {done['rendered']} videos, {done['skipped']} were already there; in {done['folder']}")
+    print(f"rendered {done['rendered']} video(s), {done['skipped']} already there; in {done['folder']}")
     return 0
 
 
