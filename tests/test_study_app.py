@@ -211,3 +211,16 @@ def study_server(path: Path, env: dict, timeout: float = 120.0):
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+
+
+def test_the_browser_keeps_the_session_under_a_key_that_survives_restarts(tmp_path):
+    """The saved session id is encrypted with a key from the study's salt, not gradio's per-process one."""
+    def browser_state(path):
+        with gr.Blocks() as demo:
+            build_study_tab(path, token=TOKEN)
+        (state,) = [b for b in demo.blocks.values() if isinstance(b, gr.BrowserState)]
+        return state.storage_key, state.secret
+
+    a = ready_study(tmp_path / "a")
+    assert browser_state(a) == browser_state(a)  # a second server process on the same study: same key
+    assert browser_state(ready_study(tmp_path / "b"))[1] != browser_state(a)[1]  # another study: another key
