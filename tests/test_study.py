@@ -357,3 +357,14 @@ def test_report_tables_attention_and_files(tmp_path):
     assert "| READ 8 steps |" in files["report"].read_text() and "| p3 | 1 | 0 |" in files["report"].read_text()
     assert len(files["ratings"].read_text().splitlines()) == 1 + 3 * 7 * 4  # every stored rating, repeats too
     assert len(files["table"].read_text().splitlines()) == 1 + 3 * 4
+
+
+def test_codes_command_prints_a_codes_line_the_study_accepts(tmp_path, capsys):
+    from pipeline.study.__main__ import main
+
+    path = make_study(tmp_path)
+    assert main(["codes", str(path), "-n", "3", "--url", "http://host:7860/"]) == 0
+    line, *links = capsys.readouterr().out.splitlines()
+    path.write_text(line + "\n" + path.read_text())
+    study = load_study(path)
+    assert len(study.codes) == 3 and links == [f"http://host:7860/?code={c}" for c in study.codes]

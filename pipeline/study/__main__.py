@@ -4,6 +4,7 @@
     python -m pipeline.study render STUDY     # every (stimulus, condition) video once; resumable
     python -m pipeline.study serve  STUDY     # the Study tab alone (`python app.py --study STUDY` adds it to the demo)
     python -m pipeline.study report STUDY     # report.md, table.csv, ratings.csv, plot.png in <output>/report
+    python -m pipeline.study codes  STUDY -n 18 --url http://HOST:7860/   # fresh participant codes and links
 
 STUDY is a study file (.toml or .json) or a folder holding study.toml / study.json. A bad study
 file, missing inputs or a missing render print one message and exit with code 2.
@@ -23,11 +24,14 @@ def parse_args(argv=None):
     for name, text in (("check", "read the study file and print a summary"),
                        ("render", "render / re-encode every video the study shows (resumable)"),
                        ("serve", "serve the participant pages (the Study tab alone)"),
-                       ("report", "write the results table, plot and raw ratings")):
+                       ("report", "write the results table, plot and raw ratings"),
+                       ("codes", "print fresh participant codes (for the study file's `codes`) and links")):
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument("study", help="study file (.toml/.json) or a folder with study.toml / study.json")
     sub.choices["render"].add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     sub.choices["report"].add_argument("--out", help="report folder (default: <output>/report)")
+    sub.choices["codes"].add_argument("-n", type=int, default=10, help="how many codes")
+    sub.choices["codes"].add_argument("--url", help="the study's address, to print links with ?code=")
     serve = sub.choices["serve"]
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=7860)
@@ -88,10 +92,27 @@ def report(args) -> int:
     return 0
 
 
+def codes(args) -> int:
+    import secrets
+
+    study = load_study(args.study)
+    alphabet = "abcdefghjkmnpqrstuvwxyz23456789"  # no 0/o, 1/l/i: codes are read aloud and typed
+    new = []
+    while len(new) < args.n:
+        code = "".join(secrets.choice(alphabet) for _ in range(8))
+        if code not in study.codes and code not in new:
+            new.append(code)
+    print("codes = [" + ", ".join(f'"{c}"' for c in study.codes + tuple(new)) + "]")
+    for c in new:
+        print(f"{args.url.rstrip('/')}/?code={c}" if args.url else c)
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        return {"check": check, "render": render, "serve": serve, "report": report}[args.command](args)
+        commands = {"check": check, "render": render, "serve": serve, "report": report, "codes": codes}
+        return commands[args.command](args)
     except InputError as e:  # StudyError included
         print(f"error: {e}", file=sys.stderr)
         return 2

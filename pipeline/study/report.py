@@ -146,7 +146,7 @@ def plot(study: Study, ratings: list[dict], path: Path) -> Path:
         xs = [j + (i - (k - 1) / 2) * width for j in range(len(study.criteria))]
         ax.bar(xs, means, width, yerr=err, capsize=3, label=cond.label)
     ax.set_xticks(range(len(study.criteria)), [c.name for c in study.criteria])
-    ax.set_ylim(1, 5)
+    ax.set_ylim(1, 5.3)  # intervals may reach past 5: they are Student's t, not clipped to the scale
     ax.set_ylabel("mean rating (95 % CI)")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_title(study.title, fontsize=10)
