@@ -5,9 +5,12 @@ READ runs Whisper on 30-s windows over the whole file. A stream cannot wait for 
 1. `BlockResampler` turns blocks at any rate (a browser microphone: 48 or 44.1 kHz) into 16-kHz
    mono without seams: polyphase filtering over the block plus a kept history, holding back the
    few output samples whose filter still needs future input.
-2. `encode_window` runs the Whisper encoder on a *short* mel window: its conv stem, the positional
-   table cut to the window's length, its layers (the HF `forward` insists on 30 s; the layers do
-   not). A few seconds cost a fraction of the padded 30 s (docs/STREAMING.md).
+2. `encode_window` runs the Whisper encoder on a *short* mel window: its conv stem, a slice of the
+   positional table, its layers (the HF `forward` insists on 30 s; the layers do not). A few seconds
+   cost a fraction of the padded 30 s. The slice is the one READ uses for the same audio (READ cuts
+   the audio into 30-s windows from 0; a feature at absolute index j sits at position j mod 1500),
+   and a window never crosses a 30-s boundary: with positions starting at 0 instead, the features
+   of a 4-s window matched READ's at mean cosine 0.68; aligned, 0.93 (docs/STREAMING.md).
 3. `SpeechStream` emits the codes of `group` latent frames as soon as their audio plus a fixed
    look-ahead has arrived. Each group's Whisper window ends exactly `lookahead` after the last
    feature the group needs, so the codes depend on the audio only, never on how it was cut into
@@ -30,6 +33,7 @@ from .config import FPS, SAMPLE_RATE, TEMPORAL_COMPRESSION
 
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
 SAMPLES_PER_FEATURE = SAMPLES_PER_FRAME // 2  # 320: Whisper's 50-Hz feature hop
+WHISPER_POSITIONS = 1500  # features per 30-s window: READ's windows start every 30 s from 0
 
 
 class BlockResampler:
@@ -81,11 +85,12 @@ def to_mono(samples) -> np.ndarray:
 
 
 @torch.no_grad()
-def encode_window(encoder, feature_extractor, audio_16k: np.ndarray) -> torch.Tensor:
-    """Whisper encoder states (len / 320, D) for a short window (<= 30 s; a multiple of 320 samples).
+def encode_window(encoder, feature_extractor, audio_16k: np.ndarray, first_position: int = 0) -> torch.Tensor:
+    """Whisper encoder states (len / 320, D) for a short window (a multiple of 320 samples).
 
     The log-mel is computed on the window alone (its dynamic-range floor follows the window's own
-    peak, as it does for each 30-s window in READ), then conv stem, positions 0 ... T-1, layers.
+    peak, as it does for each 30-s window in READ), then the conv stem, the positional table from
+    `first_position` (first_position + len / 320 <= 1500), the layers and the final norm.
     """
     n = len(audio_16k) // SAMPLES_PER_FEATURE
     param = next(encoder.parameters())
@@ -93,7 +98,7 @@ def encode_window(encoder, feature_extractor, audio_16k: np.ndarray) -> torch.Te
                             return_tensors="pt").input_features[:, :, : 2 * n]  # (1, 80, 2n)
     x = torch.nn.functional.gelu(encoder.conv1(mel.to(param.device, param.dtype)))
     x = torch.nn.functional.gelu(encoder.conv2(x)).permute(0, 2, 1)  # (1, n, D)
-    x = x + encoder.embed_positions.weight[:n]
+    x = x + encoder.embed_positions.weight[first_position : first_position + n]
     for layer in encoder.layers:
         x = layer(x, None)
         x = x[0] if isinstance(x, tuple) else x
@@ -106,7 +111,7 @@ class SpeechStream:
     Group g (latents g*group ... (g+1)*group - 1) is ready once the audio reaches `ready_sample(g)`:
     the end of the last 50-Hz feature its SpeechAE windows need, plus `lookahead_s` for Whisper's
     bidirectional attention. Its features come from one `encode_window` call over the `window_s`
-    seconds that end there. Memory is bounded: only the window's audio and the last latents'
+    seconds that end there (two when the group straddles one of READ's 30-s window boundaries). Memory is bounded: only the window's audio and the last latents'
     frame features are kept.
     """
 
@@ -168,14 +173,10 @@ class SpeechStream:
     def _encode_group(self, g: int) -> torch.Tensor:
         """Whisper over the window ending at ready_sample(g), then the SpeechAE over a bounded tail."""
         T, D = TEMPORAL_COMPRESSION, self.cfg.feats_per_frame
-        a1 = self.ready_sample(g)
-        a0 = max(0, a1 - self.window)
-        feats = encode_window(self.encoder, self.fe, self.audio[a0 - self.audio_start : a1 - self.audio_start])
         k0, k1 = g * self.group, (g + 1) * self.group - 1
         first = 0 if self.feats is None else self.feat_start + len(self.feats)  # first video frame without features
         last = T * k1 + self.ctx  # newest video frame the group's windows need
-        f0 = a0 // SAMPLES_PER_FEATURE
-        new = feats.float().cpu()[D * first - f0 : D * (last + 1) - f0].reshape(last + 1 - first, -1)  # (frames, Df)
+        new = self._features(D * first, D * (last + 1), self.ready_sample(g)).reshape(last + 1 - first, -1)  # (frames, Df)
         self.feats = new if self.feats is None else torch.cat([self.feats, new])
         self.last_features = (first, new)
         fs = 0 if k0 < 2 else T * (k0 - 2)  # tail start: the end frame of latent k0 - 2 (receptive field: 2 latents)
@@ -187,6 +188,21 @@ class SpeechStream:
         codes = codes[:, k0 - fs // T :]
         keep = max(0, T * (k1 - 1) - self.ctx)  # what the next group's tail needs
         self.feats, self.feat_start = self.feats[keep - self.feat_start :], keep
-        start = max(0, self.ready_sample(g + 1) - self.window)
+        start = max(0, D * (last + 1) * SAMPLES_PER_FEATURE - self.window)  # the earliest a later window starts
         self.audio, self.audio_start = self.audio[start - self.audio_start :], start
         return codes
+
+    def _features(self, f0: int, f1: int, end: int) -> torch.Tensor:
+        """50-Hz features [f0, f1) from windows of at most `window` samples ending at sample `end`,
+        one per 30-s segment of READ's windowing the features fall in. Returns (f1 - f0, D) on the CPU."""
+        seg, out = WHISPER_POSITIONS, []
+        while f0 < f1:
+            s = f0 // seg
+            stop = min(end, (s + 1) * seg * SAMPLES_PER_FEATURE)  # a window never crosses a segment boundary
+            start = max(stop - self.window, s * seg * SAMPLES_PER_FEATURE)
+            feats = encode_window(self.encoder, self.fe, self.audio[start - self.audio_start : stop - self.audio_start],
+                                  first_position=start // SAMPLES_PER_FEATURE - s * seg)
+            upto = min(f1, (s + 1) * seg)
+            out.append(feats.float().cpu()[f0 - start // SAMPLES_PER_FEATURE : upto - start // SAMPLES_PER_FEATURE])
+            f0 = upto
+        return torch.cat(out)

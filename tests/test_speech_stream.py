@@ -13,7 +13,7 @@ from .conftest import randomize
 CFG = SpeechConfig(whisper_dim=3, context_frames=2, hidden_dim=8, num_tokens=2, code_dim=3)
 
 
-def _local_features(encoder, fe, audio):
+def _local_features(encoder, fe, audio, first_position=0):
     """Stands in for Whisper: each 50-Hz feature depends on its own 20 ms only (window-independent)."""
     hops = torch.from_numpy(np.asarray(audio, np.float32)).reshape(-1, 320)
     return torch.stack([hops.mean(1), hops.std(1), hops.abs().max(1).values], dim=1)  # (n, 3)
@@ -98,3 +98,22 @@ def test_short_window_whisper_equals_the_padded_30s_forward():
     audio = np.random.default_rng(3).standard_normal(30 * 16000).astype(np.float32) * 0.05
     torch.testing.assert_close(speech_stream.encode_window(encoder, fe, audio),
                                whisper.encode_speech_features(encoder, fe, audio), rtol=1e-4, atol=1e-4)
+
+
+def test_windows_keep_reads_positions_and_never_cross_its_30s_boundaries(stream_parts, monkeypatch):
+    """A feature at absolute index j gets Whisper position j mod 1500, as in READ's 30-s windows; a group
+    straddling a boundary takes its features from one window on each side (same codes as the whole clip)."""
+    calls = []
+
+    def recording(encoder, fe, audio, first_position=0):
+        calls.append((len(audio), first_position))
+        return _local_features(encoder, fe, audio)
+
+    monkeypatch.setattr(speech_stream, "encode_window", recording)
+    wav = np.random.default_rng(4).standard_normal(int(31.2 * 16000)).astype(np.float32) * 0.1
+    s = SpeechStream(None, None, stream_parts, CFG, group=2, window_s=2.0, lookahead_s=0.32)
+    codes = torch.cat([c for i in range(0, len(wav), 16000) for c in s.push(wav[i : i + 16000])] + s.flush(), dim=1)
+    starts = [p for _, p in calls]
+    assert all(0 <= p and p + n // 320 <= 1500 for n, p in calls)  # inside one 30-s window
+    assert any(p + n // 320 == 1500 for n, p in calls) and any(p == 0 for p in starts[len(starts) // 2 :])  # wrapped
+    torch.testing.assert_close(codes, _whole_clip_codes(stream_parts, wav, codes.shape[1]), rtol=1e-5, atol=1e-6)

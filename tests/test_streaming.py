@@ -131,3 +131,57 @@ def test_errors():
         ChunkLayout(0, 2)
     with pytest.raises(ValueError, match="codes must be"):
         _streamer(_dit()).push(_codes(1, c=3)[0])
+
+
+def _session_parts(monkeypatch):
+    """Tiny VAE/SpeechAE/DiT (conftest.small_config) and a window-independent stand-in for Whisper."""
+    import numpy as np
+
+    from pipeline import speech, speech_stream, vae as vae_lib
+    from pipeline.dit import build_dit
+
+    from .conftest import small_config
+
+    cfg = small_config()
+
+    def features(encoder, fe, audio, first_position=0):  # (n, whisper_dim): each 50-Hz feature from its own 20 ms
+        hops = torch.from_numpy(np.asarray(audio, np.float32)).reshape(-1, 320)
+        return hops[:, :: 320 // 8].repeat(1, cfg.speech.whisper_dim // 8 + 1)[:, : cfg.speech.whisper_dim]
+
+    monkeypatch.setattr(speech_stream, "encode_window", features)
+    torch.manual_seed(0)
+    parts = dict(dit=randomize(build_dit(cfg.dit), seed=1).eval(), speech_ae=speech.build_speech_ae(cfg.speech).eval(),
+                 vae=vae_lib.build_vae(cfg.vae).eval())
+    z_ref = torch.randn(1, cfg.dit.in_channels, 1, 2, 2)
+    return cfg, parts, z_ref
+
+
+def _run_session(cfg, parts, z_ref, wav, block, rate=16000):
+    from pipeline.rest import RestSession
+
+    s = RestSession(parts["dit"], parts["speech_ae"], parts["vae"], None, None, cfg.speech, z_ref, cfg.sampling,
+                    generator=torch.Generator().manual_seed(0))
+    out, sizes = [], []
+    for i in range(0, len(wav), block):
+        out += s.push_audio(wav[i : i + block], rate)
+        sizes.append(s.decoder.latents.shape[2] if s.decoder.latents is not None else 0)
+    out += s.close()
+    return out, sizes
+
+
+def test_session_frames_length_and_flat_decoder_memory(monkeypatch):
+    import numpy as np
+
+    from pipeline import rest
+
+    cfg, parts, z_ref = _session_parts(monkeypatch)
+    wav = np.random.default_rng(0).standard_normal(int(2.3 * 16000)).astype(np.float32) * 0.1
+    out, sizes = _run_session(cfg, parts, z_ref, wav, 1600)
+    frames = np.concatenate([c.frames for c in out])
+    assert len(frames) == round(len(wav) / 640) and [c.start_frame for c in out] == list(np.cumsum([0] + [len(c.frames) for c in out[:-1]]))
+    assert max(sizes) <= 6  # the decoder keeps a few latents, not the whole stream
+    again, _ = _run_session(cfg, parts, z_ref, wav, 7000)  # other block sizes: the same video
+    assert np.array_equal(np.concatenate([c.frames for c in again]), frames)
+    monkeypatch.setattr(rest, "trim_decoder", lambda d: None)  # trimming changes no frame
+    untrimmed, _ = _run_session(cfg, parts, z_ref, wav, 1600)
+    assert np.array_equal(np.concatenate([c.frames for c in untrimmed]), frames)

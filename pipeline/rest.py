@@ -1,0 +1,109 @@
+"""A REST session: speech blocks in, video frames out, chunk after chunk, at constant cost and memory.
+
+Three streams in a row, each with bounded state:
+`speech_stream.SpeechStream` (audio -> SpeechAE codes of one chunk, once its audio + look-ahead is in)
+-> `streaming.ChunkStreamer` (codes -> the chunk's latents under the ID-Context cache)
+-> `vae.StreamingDecoder` (latents -> frames; it holds back frames its non-causal decoder has not
+seen the future of, and its latents are trimmed here to what its next decode reads).
+The pipeline wraps this in `open_stream` / `stream(mode="rest")`; this module knows no files, no UI.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from . import vae as vae_lib
+from .config import TEMPORAL_COMPRESSION
+from .scheduler import inference_timesteps
+from .speech_stream import SpeechStream
+from .streaming import ChunkLayout, ChunkStreamer
+
+
+@dataclass(frozen=True)
+class RestSettings:
+    """REST's own sizes (docs/STREAMING.md gives the reasons); sampling comes from `SamplingConfig`."""
+
+    chunk_frames: int = 2  # latent frames per chunk: 16 video frames, 0.64 s
+    context_frames: int = 2  # clean latent frames in the Context-Cache
+    window_s: float = 4.0  # Whisper's rolling window
+    lookahead_s: float = 0.32  # audio after a chunk's last feature before it is encoded
+    holdback: int = 15  # video frames the decoder holds back (vae.StreamingDecoder)
+
+
+@dataclass
+class FrameChunk:
+    start_frame: int  # index of frames[0] in the whole video
+    frames: np.ndarray  # (T, H, W, 3) uint8
+
+
+def trim_decoder(decoder: vae_lib.StreamingDecoder) -> None:
+    """Drop latents the decoder will never read again (all before `context` latents ahead of the first
+    frame not yet emitted), shifting its frame count to match, so its memory stays flat. The latent
+    kept first becomes its 'frame 0' latent: the index arithmetic of `push` is unchanged by the shift."""
+    if decoder.latents is None or decoder.emitted == 0:
+        return
+    first_latent = 1 + (decoder.emitted - 1) // TEMPORAL_COMPRESSION
+    d = first_latent - decoder.context
+    if d > 0:
+        decoder.latents = decoder.latents[:, :, d:]
+        decoder.emitted -= TEMPORAL_COMPRESSION * d
+
+
+class RestSession:
+    """`push_audio(samples, sample_rate)` -> newly final `FrameChunk`s; `close()` -> the rest, the
+    video trimmed to round(duration x 25) frames like READ. z_ref (1, C, 1, h, w) normalised.
+
+    sampling: any object with num_inference_steps, cfg_mode, alpha, beta, shift (`SamplingConfig`).
+    """
+
+    def __init__(self, dit, speech_ae, vae, whisper_encoder, feature_extractor, speech_cfg, z_ref, sampling,
+                 settings: RestSettings = RestSettings(), generator: torch.Generator | None = None):
+        s = settings
+        layout = ChunkLayout(s.chunk_frames, s.context_frames)
+        self.speech = SpeechStream(whisper_encoder, feature_extractor, speech_ae, speech_cfg, group=s.chunk_frames,
+                                   window_s=s.window_s, lookahead_s=s.lookahead_s)
+        self.streamer = ChunkStreamer(dit, z_ref, inference_timesteps(sampling.num_inference_steps, sampling.shift),
+                                      layout=layout, cfg_mode=sampling.cfg_mode, alpha=sampling.alpha,
+                                      beta=sampling.beta, generator=generator)
+        self.decoder = vae_lib.StreamingDecoder(vae, holdback=s.holdback, first_holdback=min(8, s.holdback))
+        self.frames_out = 0
+        self.closed = False
+
+    def _latents_to_frames(self, code_groups, final: bool) -> list[FrameChunk]:
+        out = []
+        for i, codes in enumerate(code_groups):
+            z = self.streamer.push(codes)  # (1, C, c, h, w)
+            pixels = self.decoder.push(z, final=final and i == len(code_groups) - 1)
+            trim_decoder(self.decoder)
+            if pixels is not None and pixels.shape[2] > 0:
+                out.append(FrameChunk(self.frames_out, vae_lib.to_uint8(pixels)))
+                self.frames_out += pixels.shape[2]
+        return out
+
+    @torch.no_grad()
+    def push_audio(self, samples, sample_rate: int) -> list[FrameChunk]:
+        """A block (T,) or (T, C) at `sample_rate` (int or float PCM). Raises RuntimeError once closed."""
+        if self.closed:
+            raise RuntimeError("this stream is closed")
+        return self._latents_to_frames(self.speech.push(samples, sample_rate), final=False)
+
+    @torch.no_grad()
+    def close(self) -> list[FrameChunk]:
+        """End of the audio: the remaining chunks (silence-padded), cut at the audio's last frame."""
+        if self.closed:
+            return []
+        self.closed = True
+        groups = self.speech.flush()
+        chunks = self._latents_to_frames(groups, final=True)
+        if not groups and self.decoder.latents is not None:  # everything was generated: release the hold-back
+            pixels = self.decoder.push(self.decoder.latents[:, :, :0], final=True)
+            if pixels is not None and pixels.shape[2] > 0:
+                chunks.append(FrameChunk(self.frames_out, vae_lib.to_uint8(pixels)))
+                self.frames_out += pixels.shape[2]
+        total, out = max(1, self.speech.num_frames), []
+        for c in chunks:
+            keep = max(0, min(len(c.frames), total - c.start_frame))
+            out += [FrameChunk(c.start_frame, c.frames[:keep])] if keep else []
+        return out
