@@ -143,8 +143,9 @@ def test_sessions_are_isolated_and_the_admin_view_needs_the_token(tmp_path):
     with serving(path) as url:
         c = client(url)
         a = run_participant(c, "p1", stop_after=1)
-        b_session, b_number, _, _ = c.predict("p2", api_name="/study_start")
+        b_session, b_number, b_video, _ = c.predict("p2", api_name="/study_start")
         assert a["session"] != b_session and a["number"] == 2 and b_number == 1
+        assert urllib.request.urlopen(b_video["url"]).status == 200 and str(tmp_path) not in b_video["url"]
         for forged in ("", "not-a-session", a["session"][:-1]):
             with pytest.raises(AppError, match="Unknown session"):
                 c.predict(forged, 1, 3, 3, 3, 3, api_name="/study_rate")
@@ -156,10 +157,9 @@ def test_sessions_are_isolated_and_the_admin_view_needs_the_token(tmp_path):
                 c.predict(token, api_name="/study_admin")
         report = c.predict(TOKEN, api_name="/study_admin")
         assert "| p1 | 1 / 4 |" in report and "Lip-Sync" in report
-        # over HTTP only the hashed videos are reachable: not the database, the salt or the study file
+        # nothing in the study folder is reachable over HTTP (videos are served as copies elsewhere)
         video = next((tmp_path / "videos").iterdir())
-        assert urllib.request.urlopen(f"{url}gradio_api/file={video}").status == 200
-        for secret in (tmp_path / DB_FILE, tmp_path / ".salt", path):
+        for secret in (tmp_path / DB_FILE, tmp_path / ".salt", path, video):
             with pytest.raises(urllib.error.HTTPError, match="403"):
                 urllib.request.urlopen(f"{url}gradio_api/file={secret}")
     with serving(path, token=None) as url:  # no token configured: no admin view at all

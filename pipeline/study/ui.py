@@ -15,11 +15,14 @@ the code. The study events have no concurrency limit: they never wait behind a v
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import gradio as gr
 
-from .render import VIDEO_DIR, study_salt
+from .render import study_salt
 from .service import StudyService, TrialView, client_kind, read_token
 from .spec import SCALE, SCALE_LABELS, Study, StudyError
 
@@ -31,25 +34,42 @@ def _client(request: gr.Request | None) -> str:
     return client_kind(request.headers.get("user-agent") if request is not None else None)
 
 
-def _out(view: TrialView) -> tuple:
-    return view.session, view.number, view.video, view.message
-
-
 class StudyHandlers:
-    """Event handlers: `StudyService` calls with its errors turned into `gr.Error`."""
+    """Event handlers: `StudyService` calls with its errors turned into `gr.Error`.
+
+    Videos are handed to gradio as copies in a private temporary folder (which gradio may serve), so
+    their URLs show neither the study's folder (whose name could hint at the systems compared) nor
+    anything else in it; nothing of the study folder is ever served.
+    """
 
     def __init__(self, service: StudyService):
         self.service = service
+        self.served = Path(tempfile.mkdtemp(prefix="read-study-"))
+
+    def _serve(self, video: str | None) -> str | None:
+        """The copy of `video` to hand to gradio (made once; same hashed name)."""
+        if video is None:
+            return None
+        copy = self.served / Path(video).name
+        if not copy.is_file():
+            fd, tmp = tempfile.mkstemp(suffix=".mp4", dir=self.served)
+            os.close(fd)
+            shutil.copyfile(video, tmp)
+            os.replace(tmp, copy)  # atomic: a concurrent request sees the old state or the whole file
+        return str(copy)
+
+    def _out(self, view: TrialView) -> tuple:
+        return view.session, view.number, self._serve(view.video), view.message
 
     def start(self, code, request: gr.Request = None):
         try:
-            return _out(self.service.start(code, _client(request)))
+            return self._out(self.service.start(code, _client(request)))
         except StudyError as e:
             raise gr.Error(str(e)) from None
 
     def rate(self, request: gr.Request, session, number, *scores):  # gradio injects only positional requests
         try:
-            return _out(self.service.rate(session, number, scores, _client(request)))
+            return self._out(self.service.rate(session, number, scores, _client(request)))
         except StudyError as e:
             raise gr.Error(str(e)) from None
 
@@ -63,7 +83,7 @@ class StudyHandlers:
         """A reload: the saved session's current trial (or the consent page), and ?code= filled in."""
         code = request.query_params.get("code", "") if request is not None else ""
         view = self.service.resume(saved) if saved else None
-        return (*(_out(view) if view else self.consent_page()), code)
+        return (*(self._out(view) if view else self.consent_page()), code)
 
     def consent_page(self) -> tuple:
         """Outputs for "no session": the consent page (also for the next participant on a shared computer)."""
@@ -88,7 +108,6 @@ def build_study_tab(study: Study | str | Path, token: str | None = None) -> Stud
         raise RuntimeError("build_study_tab adds a tab: call it inside `with gr.Blocks() as demo:`")
     service = StudyService(study, token or read_token())
     study, handlers = service.study, StudyHandlers(service)
-    gr.set_static_paths([study.output / VIDEO_DIR])  # only the hashed mp4 files; the database is outside
     # the browser keeps the session id encrypted under a key made from the study's secret salt, so
     # that a reload after a server restart still resumes (gradio's default key changes per process)
     salt = hashlib.sha256(f"browser-state:{study_salt(study)}".encode()).hexdigest()
