@@ -133,9 +133,11 @@ class StudyService:
             return TrialView(session, 0, total, None, "## Thank you! You have rated every video.\n"
                              "You may close this page.")
         self.store.mark_shown(participant, trial.position)
+        video = self.videos.get((trial.stimulus, trial.condition))
+        if video is None:  # the study file lost a stimulus or condition after this session began
+            raise StudyError("This video is no longer part of the study; please tell the researcher.")
         heading = f"### Video {trial.position + 1} of {total}"
-        return TrialView(session, trial.position + 1, total, str(self.videos[trial.stimulus, trial.condition]),
-                         heading + (f"\n\n{note}" if note else ""))
+        return TrialView(session, trial.position + 1, total, str(video), heading + (f"\n\n{note}" if note else ""))
 
     # ------------------------------------------------------------ researcher
     def check_token(self, token: str | None) -> None:

@@ -18,6 +18,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import weakref
 from pathlib import Path
 
 import gradio as gr
@@ -45,6 +46,7 @@ class StudyHandlers:
     def __init__(self, service: StudyService):
         self.service = service
         self.served = Path(tempfile.mkdtemp(prefix="read-study-"))
+        weakref.finalize(self, shutil.rmtree, self.served, True)
 
     def _serve(self, video: str | None) -> str | None:
         """The copy of `video` to hand to gradio (made once; same hashed name)."""
