@@ -91,6 +91,7 @@ class Store:
             conn.close()
 
     def _read(self, sql: str, args=()) -> list[tuple]:
+        """One read-only query on its own connection (WAL: it never waits for a writer)."""
         conn = self._connect()
         try:
             return conn.execute(sql, args).fetchall()
@@ -129,6 +130,7 @@ class Store:
         return (Trial(*rows[0]) if rows else None), total
 
     def mark_shown(self, participant: int, position: int) -> None:
+        """Record when a trial was first served (later calls keep the first time)."""
         with self.transaction() as conn:
             conn.execute("UPDATE trials SET shown = ? WHERE participant = ? AND position = ? AND shown IS NULL",
                          (time.time(), participant, position))
