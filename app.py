@@ -14,7 +14,6 @@ import inspect
 import random
 import shutil
 import threading
-from pathlib import Path
 
 import gradio as gr
 

@@ -26,6 +26,11 @@ def latent_frames(num_frames: int) -> int:
     return 1 + (num_frames - 1) // TEMPORAL_COMPRESSION
 
 
+def first_video_frame(latent: int) -> int:
+    """The first video frame latent frame `latent` decodes to (latent 0 -> frame 0, k >= 1 -> 8k - 7)."""
+    return 0 if latent == 0 else TEMPORAL_COMPRESSION * latent - (TEMPORAL_COMPRESSION - 1)
+
+
 def video_frames(num_latents: int) -> int:
     return 1 + TEMPORAL_COMPRESSION * (num_latents - 1)
 

@@ -1,4 +1,5 @@
 """The ablation report end to end on a small random model: every section measured, plotted, written."""
+import dataclasses
 import json
 
 from pipeline.eval import report
@@ -6,10 +7,11 @@ from pipeline.eval import report
 
 def test_report_measures_every_section_and_writes_markdown(small_pipe, tmp_path):
     small_pipe.save_pretrained(tmp_path / "model")
+    default = small_pipe.config.sampling
     for name, guided in (("full", True), ("no_ans", False)):
-        small_pipe.config.sampling.motion_guidance = guided
+        small_pipe.config.sampling = dataclasses.replace(default, motion_guidance=guided)
         small_pipe.save_pretrained(tmp_path / "ablations" / name / "pipeline")
-    small_pipe.config.sampling.motion_guidance = True
+    small_pipe.config.sampling = default
     out = tmp_path / "docs" / "RESULTS.md"
     report.main(["--checkpoint", str(tmp_path / "model"), "--ablations", str(tmp_path / "ablations"), "--clips", "1",
                  "--seconds", "2", "--sweep-steps", "1", "2", "--lengths", "17", "41", "--length-clips", "1",
@@ -47,8 +49,9 @@ def test_synthetic_evaluation_names_the_settings_it_resolved(small_pipe, tmp_pat
                     "--steps", "1", "--json", str(out)])
     summary = json.loads(out.read_text())
     sc = small_pipe.config.sampling
-    assert summary["settings"] == dict(num_inference_steps=1, cfg_mode=sc.cfg_mode, alpha=sc.alpha, beta=sc.beta)
-    assert summary["rtf"] > 0 and -1 <= summary["lipsync_correlation"] <= 1
+    assert summary["settings"] == dict(num_inference_steps=1, cfg_mode=sc.cfg_mode, alpha=sc.alpha, beta=sc.beta,
+                                       mode="read")
+    assert summary["rtf"] > 0
 
 
 def test_clip_seams_are_where_the_sampler_starts_new_latents():

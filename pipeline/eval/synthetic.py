@@ -23,7 +23,8 @@ import time
 
 import numpy as np
 
-from ..config import SAMPLE_RATE, TEMPORAL_COMPRESSION
+from ..config import SAMPLE_RATE
+from ..vae import first_video_frame
 from .mouth import clip_box, load_reader, read_openness
 
 MAX_LAG = 5
@@ -62,9 +63,14 @@ def boundary_ratio(frames: np.ndarray, starts: list[int]) -> float:
 
 
 def clip_seams(num_frames: int, clip_latent_frames: int) -> list[int]:
-    """Video frames where each later DiT clip's new latent frames begin (clips overlap by one latent)."""
-    step = TEMPORAL_COMPRESSION * (clip_latent_frames - 1)
-    return list(range(1 + step, num_frames, step))
+    """Video frames where each later DiT clip's new latent frames begin (the sampler's overlap rule)."""
+    from ..sampler import new_latent_start
+
+    seams, j = [], 1
+    while (frame := first_video_frame(new_latent_start(j, clip_latent_frames))) < num_frames:
+        seams.append(frame)
+        j += 1
+    return seams
 
 
 def evaluate_clip(pipe, reader, clip, size, **kwargs) -> dict:
@@ -96,12 +102,10 @@ def evaluate_clip(pipe, reader, clip, size, **kwargs) -> dict:
 
 def vae_reconstruction(pipe, reader, clip, size) -> dict:
     """Encode + decode the ground-truth clip: how much lip motion the VAE itself keeps."""
-    import torch
-
     from .. import vae as vae_lib
 
     n = vae_lib.video_frames(vae_lib.latent_frames(len(clip.frames)))  # whole latent frames only
-    x = torch.from_numpy(clip.frames[:n]).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+    x = vae_lib.to_pixels(clip.frames[:n])[None]  # (1, 3, n, H, W)
     frames = vae_lib.to_uint8(vae_lib.decode(pipe.vae, vae_lib.encode(pipe.vae, x.to(pipe.device, pipe.vae.dtype))))
     box = clip_box(clip.gt["mouth_box"], size)
     true = clip.gt["openness"][:n]
@@ -115,9 +119,8 @@ def vae_reconstruction(pipe, reader, clip, size) -> dict:
 def resolved_settings(pipe, overrides: dict) -> dict:
     """The sampling settings a run used: the overrides given, else the pipeline's own defaults
     (a trainer's export carries its preset's, which need not be the shipped model's)."""
-    sc = pipe.config.sampling
-    defaults = dict(num_inference_steps=sc.num_inference_steps, cfg_mode=sc.cfg_mode, alpha=sc.alpha, beta=sc.beta)
-    return {k: overrides.get(k) if overrides.get(k) is not None else v for k, v in defaults.items()}
+    s = pipe.settings(**overrides)
+    return dict(num_inference_steps=s.num_inference_steps, cfg_mode=s.cfg_mode, alpha=s.alpha, beta=s.beta, mode=s.mode)
 
 
 def long_video_identity(pipe, clip_fn, seconds: float, size: int, **kwargs) -> dict:
@@ -141,6 +144,7 @@ def main(argv=None):
     p.add_argument("--long-seconds", type=float, default=40.0, help="length of the identity-drift video (0: skip)")
     p.add_argument("--steps", type=int), p.add_argument("--cfg", choices=["joint", "split"])
     p.add_argument("--alpha", type=float), p.add_argument("--beta", type=float)
+    p.add_argument("--mode", choices=["read", "rest"], default="read", help="READ clips or REST streaming")
     p.add_argument("--vae-only", action="store_true", help="the VAE's own ceiling: encode + decode the ground truth")
     p.add_argument("--vae", help="with --vae-only: VAE weights (training checkpoint or save_pretrained folder) instead of the checkpoint's")
     p.add_argument("--json", help="also write the summary here")
@@ -151,7 +155,7 @@ def main(argv=None):
 
         load_weights(args.vae, pipe.vae)
     size, reader = pipe.config.height, load_reader()
-    kw = dict(num_inference_steps=args.steps, cfg_mode=args.cfg, alpha=args.alpha, beta=args.beta)
+    kw = dict(num_inference_steps=args.steps, cfg_mode=args.cfg, alpha=args.alpha, beta=args.beta, mode=args.mode)
     t0, rows = time.perf_counter(), []
     for i in range(args.clips):
         clip = render_clip(clip_seed(args.seed, i), args.seconds, size)

@@ -24,6 +24,7 @@ fine-tune a shipped model end to end (docs/TRAINING.md).
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import torch
@@ -120,7 +121,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     acc = make_accelerator(args)
     cfg = get_preset(args.preset)
-    cfg.sampling.motion_guidance = not args.no_ans
+    cfg.sampling = dataclasses.replace(cfg.sampling, motion_guidance=not args.no_ans)  # frozen settings
     f, sc = cfg.sampling.clip_latent_frames, cfg.sampling
     dit = (A2VDiT.from_pretrained(args.init_dit) if args.init_dit else build_dit(cfg.dit)).train()
     if args.speech_encoder == "finetune":
