@@ -37,10 +37,20 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(study_file: Path, token: str | None = TOKEN):
-    """The Study tab inside a Blocks of its own (as `app.py --study` nests it), on a free port."""
+def serving(study_file: Path, token: str | None = TOKEN, busy: tuple | None = None):
+    """The Study tab inside a Blocks of its own (as `app.py --study` nests it), on a free port.
+
+    `busy`: events (started, release) for a "/generate"-like endpoint under the app's default
+    concurrency limit of 1, which sets `started` and holds its slot until `release` is set.
+    """
+    def hold():
+        busy[0].set()
+        return "done" if busy[1].wait(120) else "timed out"
+
     with gr.Blocks() as demo:
         gr.Markdown("the demo's other tabs would be here")
+        if busy is not None:
+            gr.Button(visible=False).click(hold, None, gr.Textbox(), api_name="busy")
         build_study_tab(study_file, token=token)
     demo.queue(default_concurrency_limit=1)  # the app's CPU setting: study calls must not wait on it
     port = free_port()
@@ -134,6 +144,19 @@ def test_ten_participants_at_once_each_rating_stored_once(tmp_path):
         assert r["score"] == scores_for(r["participant"], r["position"] + 1)[["lip_sync", "realness", "smooth",
                                                                                "v_qual"].index(r["criterion"])]
         assert r["client"] == "api"
+
+
+def test_study_calls_never_wait_behind_a_generation(tmp_path):
+    started, release = threading.Event(), threading.Event()
+    with serving(ready_study(tmp_path), busy=(started, release)) as url:
+        job = client(url).submit(api_name="/busy")
+        try:
+            assert started.wait(60), "the busy job never started"  # it holds the only default slot now
+            done = run_participant(client(url), "p1")  # a whole session meanwhile
+            assert done["number"] == 0 and not job.done()
+        finally:
+            release.set()
+        assert job.result(timeout=60) == "done"
 
 
 def test_sessions_are_isolated_and_the_admin_view_needs_the_token(tmp_path):

@@ -10,7 +10,8 @@ and a token-guarded "Researcher" panel. Named endpoints, for `gradio_client` too
 
 Trial number 0 means every trial is rated; -1 (page load only) means no session yet. The session
 id is kept in the browser's local storage, so a reload resumes; a link with `?code=XYZ` fills in
-the code. The study events have no concurrency limit: they never wait behind a video generation.
+the code. The study events form their own concurrency group without a limit: participants are
+served in parallel (not one at a time like the generator) and never wait behind a generation.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from .service import StudyService, TrialView, client_kind, read_token
 from .spec import SCALE, SCALE_LABELS, Study, StudyError
 
 CHOICES = [(f"{v} – {label}", v) for v, label in zip(range(SCALE[0], SCALE[1] + 1), SCALE_LABELS)]
-FREE = dict(concurrency_limit=None, concurrency_id="study")  # rating is cheap: never queue behind generation
+FREE = dict(concurrency_limit=None, concurrency_id="study")  # rating is cheap: serve participants in parallel
 
 
 def _client(request: gr.Request | None) -> str:
