@@ -151,7 +151,8 @@ class ChunkStreamer:
     Each chunk starts from noise (from `generator`, or given), takes `len(timesteps) - 1` Euler steps
     (scheduler.py's convention) with CFG batched into one forward per step (`cfg_branches`), then
     `commit`s the finished latents to the Context-Cache. Cost and memory per chunk are constant.
-    z_ref (B, C, 1, h, w) normalised reference latent; timesteps (steps + 1,) from 1 to 0.
+    z_ref (B, C, 1, h, w) normalised reference latent; timesteps (steps + 1,) from 1 to 0. The model
+    runs in its own dtype (bf16 on a GPU); latents, noise and the Euler state stay float32.
     """
 
     def __init__(self, dit, z_ref, timesteps=None, *, layout: ChunkLayout = ChunkLayout(), cfg_mode: str = "joint",
@@ -167,7 +168,8 @@ class ChunkStreamer:
         self.drop_ref = torch.tensor(drop_ref, device=dev).repeat_interleave(B)
         p = dit.config.patch_size
         self.n = (z_ref.shape[3] // p) * (z_ref.shape[4] // p)  # tokens per latent frame
-        self.cache = IDContextCache(dit, len(weights) * B, self.n, layout, z_ref.dtype, dev)
+        self.dtype = next(dit.parameters()).dtype  # the model's; the stream's state stays float32
+        self.cache = IDContextCache(dit, len(weights) * B, self.n, layout, self.dtype, dev)
         self.context = self.context_codes = None  # last K clean latents (B, C, L, h, w), codes (B, L, M, Da)
         self.index = 0  # chunks produced so far
         self._write_sink()
@@ -178,7 +180,7 @@ class ChunkStreamer:
     @torch.no_grad()
     def _write_sink(self):
         """ID-Sink: the reference alone, once per CFG branch (null reference where it is dropped)."""
-        ref = self._rep(self.z_ref)
+        ref = self._rep(self.z_ref).to(self.dtype)
         B = ref.shape[0]
         empty = ref[:, :, :0]  # (nb*B, C, 0, h, w): no clip frames in this pass
         audio = ref.new_zeros(B, 0, 1, self.dit.config.audio_dim)
@@ -193,8 +195,8 @@ class ChunkStreamer:
         c = z.shape[2]
         _, pos = self.layout.positions(self.cache.context_valid)
         times = z.new_full((z.shape[0] * len(self.weights), c), float(t))
-        return self.dit(self._rep(z), times, self._rep(codes), drop_audio=self.drop_audio,
-                        kv_cache=self.cache.writers("current", c), frame_positions=pos)
+        return self.dit(self._rep(z).to(self.dtype), times, self._rep(codes).to(self.dtype), drop_audio=self.drop_audio,
+                        kv_cache=self.cache.writers("current", c), frame_positions=pos).float()
 
     def velocity(self, z, t: float, codes) -> torch.Tensor:
         """Guided velocity (B, C, c, h, w): the branches' outputs weighted as in eq. 16/17."""
@@ -208,12 +210,13 @@ class ChunkStreamer:
         K = self.layout.context_frames
         if K == 0:
             return
+        latents = latents.float()
         ctx = latents if self.context is None else torch.cat([self.context, latents], dim=2)
         ctx_codes = codes if self.context_codes is None else torch.cat([self.context_codes, codes], dim=1)
         self.context, self.context_codes = ctx[:, :, -K:], ctx_codes[:, -K:]
         L = self.context.shape[2]
         times = latents.new_zeros(self.cache.k[0].shape[0], L)
-        self.dit(self._rep(self.context), times, self._rep(self.context_codes), drop_audio=self.drop_audio,
+        self.dit(self._rep(self.context).to(self.dtype), times, self._rep(self.context_codes).to(self.dtype), drop_audio=self.drop_audio,
                  kv_cache=self.cache.writers("context", L), frame_positions=range(1, 1 + L))
         self.cache.context_valid = L
 
@@ -229,8 +232,8 @@ class ChunkStreamer:
         if codes.shape[:2] != (B, c):
             raise ValueError(f"codes must be (B={B}, chunk_frames={c}, M, Da), got {tuple(codes.shape)}")
         if noise is None:
-            noise = torch.randn((B, C, c, h, w), generator=self.generator).to(self.z_ref)
-        z, ts = noise, self.timesteps
+            noise = torch.randn((B, C, c, h, w), generator=self.generator)
+        z, ts = noise.to(self.z_ref.device, torch.float32), self.timesteps
         for i in range(len(ts) - 1):
             t, t_next = z.new_full((B, c), float(ts[i])), z.new_full((B, c), float(ts[i + 1]))
             z = euler_step(z, self.velocity(z, float(ts[i]), codes), t, t_next)

@@ -185,3 +185,10 @@ def test_session_frames_length_and_flat_decoder_memory(monkeypatch):
     monkeypatch.setattr(rest, "trim_decoder", lambda d: None)  # trimming changes no frame
     untrimmed, _ = _run_session(cfg, parts, z_ref, wav, 1600)
     assert np.array_equal(np.concatenate([c.frames for c in untrimmed]), frames)
+
+
+def test_bfloat16_model_float32_stream():
+    dit = _dit().to(torch.bfloat16)
+    s = _streamer(dit)
+    out = [s.push(c) for c in _codes(3)]
+    assert s.cache.k[0].dtype == torch.bfloat16 and all(o.dtype == torch.float32 and torch.isfinite(o).all() for o in out)
