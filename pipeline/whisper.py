@@ -27,7 +27,7 @@ from transformers import (
     WhisperForConditionalGeneration,
 )
 
-SAMPLE_RATE = 16_000
+from .config import SAMPLE_RATE  # noqa: E402 - Whisper's input rate, defined once
 WINDOW_SECONDS = 30  # Whisper's encoder only accepts 30-s windows (3000 mel frames)
 WINDOW_SAMPLES = WINDOW_SECONDS * SAMPLE_RATE
 SAMPLES_PER_FEATURE = 320  # 10-ms mel hop x conv stride 2 -> 20 ms -> 50 features per second

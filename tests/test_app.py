@@ -209,8 +209,6 @@ def test_build_demo_wires_every_control():
     for dep, name in ((gen, "stream"), (vid, "video")):
         fn = fns[dep["id"]].fn
         assert fn.__name__ == name and list(inspect.signature(fn).parameters) == [*sup.UI_FIELDS, "progress"]
-    assert demo._queue.max_size == app.CPU_QUEUE["max_size"]
-    assert demo._queue.default_concurrency_limit == app.CPU_QUEUE["default_concurrency_limit"]
 
 
 def test_build_demo_without_examples(tmp_path):

@@ -42,7 +42,8 @@ def test_latent_normalisation_uses_the_vae_buffers(vae):
 
 
 def test_streaming_decode_bookkeeping(vae):
-    """Every frame exactly once, in order; with enough context and look-ahead it *is* one-shot decoding."""
+    """Whatever the context and hold-back, the chunks add up to exactly one-shot decoding's frame count;
+    the final push, decoded with full left context, equals one-shot's last frames."""
     torch.manual_seed(1)
     z = torch.randn(1, 16, 13, 2, 2)  # 3 clips of 5 latent frames overlapping by one
     full = vae_lib.decode(vae, z)

@@ -27,8 +27,7 @@ import numpy as np
 
 from . import faces, tts, visemes
 
-FPS = 25
-SAMPLE_RATE = tts.SAMPLE_RATE
+from ..config import FPS, SAMPLE_RATE  # noqa: E402
 
 
 @dataclass

@@ -34,7 +34,7 @@ import numpy as np
 from scipy.signal import resample_poly
 
 ESPEAK_RATE = 22050
-SAMPLE_RATE = 16000  # what the rest of the project (Whisper) consumes
+from ..config import SAMPLE_RATE  # noqa: E402 - what the rest of the project (Whisper) consumes
 
 # Constants from espeak-ng's speak_lib.h.
 _AUDIO_OUTPUT_SYNCHRONOUS = 2

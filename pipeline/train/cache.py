@@ -45,7 +45,7 @@ def cache_latents(data, vae_dir, speech_ae_dir, preset="tiny", seed=0):
     from diffusers import AutoencoderKLLTXVideo
 
     from ..speech import SpeechAE
-    from ..vae import encode, encode_image
+    from ..vae import encode, encode_image, latent_frames, to_pixels, video_frames
 
     vae = AutoencoderKLLTXVideo.from_pretrained(vae_dir).eval()
     ae = SpeechAE.from_pretrained(speech_ae_dir).eval()
@@ -53,10 +53,10 @@ def cache_latents(data, vae_dir, speech_ae_dir, preset="tiny", seed=0):
     rng = np.random.default_rng(seed)
     for d in tqdm(list_clips(data), desc="latents"):
         frames = np.load(d / "frames.npz")["frames"]
-        T = 1 + 8 * ((len(frames) - 1) // 8)  # whole latent frames only
-        x = torch.from_numpy(frames[:T]).permute(3, 0, 1, 2)[None].float() / 127.5 - 1
+        T = video_frames(latent_frames(len(frames)))  # whole latent frames only
+        x = to_pixels(frames[:T])[None]  # (1, 3, T, H, W)
         pick = np.sort(rng.choice(len(frames), REFS_PER_CLIP, replace=False))
-        refs = torch.from_numpy(frames[pick]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        refs = to_pixels(frames[pick]).transpose(0, 1)  # (n, 3, H, W)
         codes = ae.encode(speech_windows(d, T, cfg)[None])[0]
         save_file({"latents": encode(vae, x)[0].contiguous(), "refs": encode_image(vae, refs)[:, :, 0].contiguous(),
                    "ref_frames": torch.from_numpy(pick), "codes": codes.contiguous()}, str(d / "latents.safetensors"))
