@@ -300,6 +300,7 @@ def test_catalogue_at_the_loader(case, tmp_path):
 
 
 def test_catalogue_is_documented():
+    assert len({c.name for c in CATALOGUE}) == len(CATALOGUE), "catalogue names must be unique"
     doc = (Path(__file__).parent.parent / "docs" / "INPUTS.md").read_text()
     rows = [ln for ln in doc.splitlines() if ln.startswith("| ") and not ln.startswith("| Input")]
     assert len(rows) >= 30
