@@ -443,7 +443,8 @@ def check_output_path(path) -> Path:
     return p
 
 
-def write_mp4(path, frames: np.ndarray, audio: np.ndarray | None, sample_rate: int = SAMPLE_RATE, fps: int = FPS) -> Path:
+def write_mp4(path, frames: np.ndarray, audio: np.ndarray | None, sample_rate: int = SAMPLE_RATE,
+              fps: int = FPS) -> Path:
     """Frames uint8 (T, H, W, 3) + audio (T_a,) or (T_a, C) at any rate -> H.264/AAC mp4, atomically.
 
     The audio keeps its channels (more than 8 are `downmix`ed to mono) and its rate (a rate AAC
