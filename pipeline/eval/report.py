@@ -268,14 +268,7 @@ def compare(results: dict) -> list[str]:
     return out or ["(no section measured yet)"]
 
 
-def main(argv=None):
-    import os
-    import platform
-
-    import torch
-
-    from ..pipeline import TalkingHeadPipeline
-
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default="assets/model", help="the shipped model (sweep and length sections)")
     p.add_argument("--ablations", default="runs/ablations", help="folder with full/, speech_scratch/, speech_linear/, no_ans/")
@@ -290,7 +283,36 @@ def main(argv=None):
     p.add_argument("--only", nargs="*", choices=["sweep", "models", "lengths"], help="re-run these sections only")
     p.add_argument("--out", default="docs/RESULTS.md")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def run_ablation_models(results: dict, args, reader, test, settings: dict, img: Path) -> None:
+    """The ablation section: every trained ablation model found under `args.ablations`."""
+    import torch
+
+    folders = {k: Path(args.ablations) / k / "pipeline" for k in ABLATIONS}
+    folders = {k: v for k, v in folders.items() if (v / "pipeline.json").exists()}
+    if not folders:
+        print(f"no ablation models in {args.ablations}: section skipped")
+        return
+    results["models"], results["threads"]["models"] = run_models(folders, reader, test, settings), torch.get_num_threads()
+    results["ablation_settings"] = f"{args.steps} steps {args.cfg.title()}-CFG"
+    budget = Path(args.ablations) / "budget.txt"
+    results["ablation_budget"] = budget.read_text().strip() if budget.exists() else "see docs/TRAINING.md"
+    pair = {k: folders[k] for k in ("full", "no_ans") if k in folders}
+    if len(pair) == 2:
+        results["heatmap"] = boundary_heatmaps(pair, test, settings, img / "results_boundary.png")
+
+
+def main(argv=None):
+    import os
+    import platform
+
+    import torch
+
+    from ..pipeline import TalkingHeadPipeline
+
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -301,28 +323,15 @@ def main(argv=None):
                                     if not torch.cuda.is_available() else torch.cuda.get_device_name(),
                                     torch=torch.__version__))
     threads = results.setdefault("threads", {})  # per section: sections are often re-run on their own
-    todo = set(args.only or ["sweep", "models", "lengths"])
-    reader = load_reader()
+    todo, reader = set(args.only or ["sweep", "models", "lengths"]), load_reader()
     pipe = TalkingHeadPipeline.from_pretrained(args.checkpoint)
     test = TestSet(args.clips, args.seconds, args.seed, pipe.config.height)
-    settings = dict(num_inference_steps=args.steps, cfg_mode=args.cfg)
-    img = out.parent / "img"
+    settings, img = dict(num_inference_steps=args.steps, cfg_mode=args.cfg), out.parent / "img"
     if "sweep" in todo:
         results["sweep"], threads["sweep"] = run_sweep(pipe, reader, test, args.sweep_steps), torch.get_num_threads()
         plot_sweep(results["sweep"], img / "results_sweep.png")
     if "models" in todo:
-        folders = {k: Path(args.ablations) / k / "pipeline" for k in ABLATIONS}
-        folders = {k: v for k, v in folders.items() if (v / "pipeline.json").exists()}
-        if folders:
-            results["models"], threads["models"] = run_models(folders, reader, test, settings), torch.get_num_threads()
-            results["ablation_settings"] = f"{args.steps} steps {args.cfg.title()}-CFG"
-            budget = Path(args.ablations) / "budget.txt"
-            results["ablation_budget"] = budget.read_text().strip() if budget.exists() else "see docs/TRAINING.md"
-            pair = {k: folders[k] for k in ("full", "no_ans") if k in folders}
-            if len(pair) == 2:
-                results["heatmap"] = boundary_heatmaps(pair, test, settings, img / "results_boundary.png")
-        else:
-            print(f"no ablation models in {args.ablations}: section skipped")
+        run_ablation_models(results, args, reader, test, settings, img)
     if "lengths" in todo:
         results["lengths"] = run_lengths(pipe, reader, test, settings, args.length_clips, args.lengths)
         threads["lengths"] = torch.get_num_threads()
