@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import vae as vae_lib
-from .config import TEMPORAL_COMPRESSION
+from .config import FPS, SAMPLE_RATE, TEMPORAL_COMPRESSION
 from .scheduler import inference_timesteps
 from .speech_stream import SpeechStream
 from .streaming import ChunkLayout, ChunkStreamer
@@ -34,8 +34,37 @@ class RestSettings:
 
 @dataclass
 class FrameChunk:
+    """Newly final frames and the caller's audio for exactly them: samples
+    [start_frame * rate // 25, (start_frame + T) * rate // 25) at the rate pushed (zeros past the end)."""
+
     start_frame: int  # index of frames[0] in the whole video
     frames: np.ndarray  # (T, H, W, 3) uint8
+    audio: np.ndarray  # (n,) or (n, channels) float32
+    sample_rate: int
+
+
+class AudioSpans:
+    """The caller's samples (any rate, any channels) kept only until the frames they span are out."""
+
+    def __init__(self):
+        self.buf, self.start, self.rate = None, 0, None  # start: absolute sample index of buf[0]
+
+    def push(self, samples, rate: int) -> None:
+        x = np.asarray(samples)
+        x = x.astype(np.float32) / np.iinfo(x.dtype).max if x.dtype.kind == "i" else x.astype(np.float32)
+        self.rate = self.rate or int(rate)
+        self.buf = x if self.buf is None else np.concatenate([self.buf, x])
+
+    def take(self, first_frame: int, num_frames: int) -> np.ndarray:
+        """Samples of frames [first_frame, first_frame + num_frames), zero-padded; earlier ones are dropped."""
+        a, b = (first_frame * self.rate // FPS, (first_frame + num_frames) * self.rate // FPS) if self.rate else (0, 0)
+        shape = () if self.buf is None else self.buf.shape[1:]
+        out = np.zeros((b - a,) + shape, np.float32)
+        part = self.buf[a - self.start : b - self.start] if self.buf is not None else out[:0]
+        out[: len(part)] = part
+        if self.buf is not None:
+            self.buf, self.start = self.buf[b - self.start :], b
+        return out
 
 
 def trim_decoder(decoder: vae_lib.StreamingDecoder) -> None:
@@ -69,6 +98,7 @@ class RestSession:
                                       beta=sampling.beta, generator=generator)
         self.decoder = vae_lib.StreamingDecoder(vae, holdback=s.holdback, first_holdback=min(8, s.holdback))
         self.frames_out = 0
+        self.audio = AudioSpans()
         self.closed = False
 
     def _latents_to_frames(self, code_groups, final: bool) -> list[FrameChunk]:
@@ -78,16 +108,23 @@ class RestSession:
             pixels = self.decoder.push(z, final=final and i == len(code_groups) - 1)
             trim_decoder(self.decoder)
             if pixels is not None and pixels.shape[2] > 0:
-                out.append(FrameChunk(self.frames_out, vae_lib.to_uint8(pixels)))
-                self.frames_out += pixels.shape[2]
+                out.append(self._chunk(vae_lib.to_uint8(pixels)))
         return out
+
+    def _chunk(self, frames: np.ndarray) -> FrameChunk:
+        chunk = FrameChunk(self.frames_out, frames, self.audio.take(self.frames_out, len(frames)),
+                           self.audio.rate or SAMPLE_RATE)
+        self.frames_out += len(frames)
+        return chunk
 
     @torch.no_grad()
     def push_audio(self, samples, sample_rate: int) -> list[FrameChunk]:
         """A block (T,) or (T, C) at `sample_rate` (int or float PCM). Raises RuntimeError once closed."""
         if self.closed:
             raise RuntimeError("this stream is closed")
-        return self._latents_to_frames(self.speech.push(samples, sample_rate), final=False)
+        codes = self.speech.push(samples, sample_rate)  # checks the rate
+        self.audio.push(samples, sample_rate)
+        return self._latents_to_frames(codes, final=False)
 
     @torch.no_grad()
     def close(self) -> list[FrameChunk]:
@@ -100,10 +137,11 @@ class RestSession:
         if not groups and self.decoder.latents is not None:  # everything was generated: release the hold-back
             pixels = self.decoder.push(self.decoder.latents[:, :, :0], final=True)
             if pixels is not None and pixels.shape[2] > 0:
-                chunks.append(FrameChunk(self.frames_out, vae_lib.to_uint8(pixels)))
-                self.frames_out += pixels.shape[2]
+                chunks.append(self._chunk(vae_lib.to_uint8(pixels)))
         total, out = max(1, self.speech.num_frames), []
         for c in chunks:
             keep = max(0, min(len(c.frames), total - c.start_frame))
-            out += [FrameChunk(c.start_frame, c.frames[:keep])] if keep else []
+            if keep:
+                n = (c.start_frame + keep) * c.sample_rate // FPS - c.start_frame * c.sample_rate // FPS
+                out.append(FrameChunk(c.start_frame, c.frames[:keep], c.audio[:n], c.sample_rate))
         return out

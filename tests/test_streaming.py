@@ -180,6 +180,8 @@ def test_session_frames_length_and_flat_decoder_memory(monkeypatch):
     frames = np.concatenate([c.frames for c in out])
     assert len(frames) == round(len(wav) / 640) and [c.start_frame for c in out] == list(np.cumsum([0] + [len(c.frames) for c in out[:-1]]))
     assert max(sizes) <= 6  # the decoder keeps a few latents, not the whole stream
+    audio = np.concatenate([c.audio for c in out])  # the pushed samples, exactly the frames' span
+    assert np.array_equal(audio, np.pad(wav, (0, max(0, len(frames) * 640 - len(wav))))[: len(frames) * 640])
     again, _ = _run_session(cfg, parts, z_ref, wav, 7000)  # other block sizes: the same video
     assert np.array_equal(np.concatenate([c.frames for c in again]), frames)
     monkeypatch.setattr(rest, "trim_decoder", lambda d: None)  # trimming changes no frame
@@ -192,3 +194,18 @@ def test_bfloat16_model_float32_stream():
     s = _streamer(dit)
     out = [s.push(c) for c in _codes(3)]
     assert s.cache.k[0].dtype == torch.bfloat16 and all(o.dtype == torch.float32 and torch.isfinite(o).all() for o in out)
+
+
+def test_audio_spans_tile_the_pushed_samples_at_any_rate():
+    import numpy as np
+
+    from pipeline.rest import AudioSpans
+
+    x = (np.random.default_rng(0).standard_normal((44100, 2)) * 1000).astype(np.int16)
+    spans = AudioSpans()
+    for i in range(0, len(x), 3000):
+        spans.push(x[i : i + 3000], 44100)
+    parts = [spans.take(f, n) for f, n in [(0, 1), (1, 7), (8, 16), (24, 30)]]  # 54 frames: past the end
+    got = np.concatenate(parts)
+    assert got.shape == (54 * 44100 // 25, 2) and np.array_equal(got[: len(x)], x / np.float32(32767))
+    assert not got[len(x):].any() and len(spans.buf) == 0
