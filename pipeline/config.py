@@ -207,6 +207,15 @@ TINY_VAE = dict(
     decoder_causal=False,
 )
 
+# Same class and 32x32x8 compression, 29.3 M parameters: 48 channels at the full-detail end (the
+# 4x4 patchify makes 48; the tiny VAE squeezed them into 16) and 192 in the deep blocks, where few
+# positions make width cheap. Decodes 121 frames at 128^2 in ~4-6x the tiny VAE's time (docs/TRAINING.md).
+FIDELITY_VAE = dict(
+    TINY_VAE,
+    block_out_channels=(48, 96, 192, 192),
+    decoder_block_out_channels=(48, 96, 192, 192),
+)
+
 
 def tiny() -> PipelineConfig:
     """CPU default: tiny LTX VAE at 128x128, small DiT. Sized to train and run on 2 cores."""

@@ -160,3 +160,64 @@ def test_speech_dit_encodes_a_prefix_and_matches_the_whole_clip_codes():
         want = dit(x, t, codes[torch.arange(2)[:, None], idx])
         got = SpeechDiT(dit, enc)(x, t, (windows, starts))
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def _fake_video_clips(root, n=3, frames=41, size=32, seed=0):
+    """Clip folders with what the VAE trainer reads: frames.npz and gt.npz (mouth box, openness)."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        d = root / f"clip_{i:05d}"
+        d.mkdir(parents=True)
+        np.savez(d / "frames.npz", frames=rng.integers(0, 255, (frames, size, size, 3), dtype=np.uint8))
+        box = np.tile(np.array([8, 16, 24, 24], np.int32), (frames, 1))
+        np.savez(d / "gt.npz", openness=rng.random(frames).astype(np.float32), mouth_box=box)
+
+
+@pytest.mark.parametrize("trainer", [pytest.param("vae", marks=pytest.mark.slow), "speech_ae",
+                                     pytest.param("dit", marks=pytest.mark.slow)])
+def test_each_trainer_runs_with_its_own_defaults(tmp_path, trainer):
+    """Only --data, --out and --steps given: every trainer runs, checkpoints and exports its model."""
+    import importlib
+
+    from pipeline.config import get_preset
+
+    data = tmp_path / "data"
+    if trainer == "vae":
+        _fake_video_clips(data)
+    elif trainer == "speech_ae":
+        _fake_clips(data, frames=41)
+    else:
+        _fake_latent_clips(data, get_preset("tiny"))
+    out = tmp_path / "run"
+    torch.set_num_threads(1)
+    importlib.import_module(f"pipeline.train.{trainer}").main(["--data", str(data), "--out", str(out), "--steps", "3"])
+    assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 3
+    assert len((out / "log.csv").read_text().splitlines()) == 1 + 3
+    assert (out / {"vae": "vae", "speech_ae": "speech_ae", "dit": "dit"}[trainer] / "config.json").exists()
+
+
+def test_vae_trainer_mixes_images_and_video_and_resumes_with_its_ema(tmp_path):
+    """After the image phase a step also trains on video windows (the mouth probe sees latent frames);
+    a resumed run continues from the checkpoint's step, EMA included, and logs held-out PSNRs."""
+    import csv
+
+    from pipeline.train import vae as train_vae
+
+    _fake_video_clips(tmp_path / "data")
+    _fake_video_clips(tmp_path / "heldout", n=1, seed=1)
+    out = tmp_path / "run"
+    args = ["--data", str(tmp_path / "data"), "--out", str(out), "--heldout", str(tmp_path / "heldout"),
+            "--image-steps", "1", "--image-batch", "2", "--batch-size", "1", "--frames", "9", "--ema", "0.99",
+            "--val-every", "1", "--save-every", "2", "--probe-weight", "10"]
+    torch.set_num_threads(1)
+    train_vae.main(args + ["--steps", "2"])
+    ema_before = load_file(str(out / "checkpoint" / "ema.safetensors"))
+    train_vae.main(args + ["--steps", "3"])
+    rows = list(csv.DictReader((out / "log.csv").open()))
+    assert [r["step"] for r in rows] == ["1", "2", "3"]
+    assert rows[0]["probe"] == "0.0" and float(rows[1]["probe"]) > 0  # images only, then video windows too
+    assert all(float(r["val_psnr_image"]) > 0 and float(r["val_mouth_psnr"]) > 0 for r in rows)
+    ema_after = load_file(str(out / "checkpoint" / "ema.safetensors"))
+    assert any(not torch.equal(ema_before[k], ema_after[k]) for k in ema_before)  # the EMA resumed and moved
+    state = json.loads((out / "checkpoint" / "state.json").read_text())
+    assert state["step"] == 3 and state["extra"]["vae_config"]["latent_channels"] == 128

@@ -1,5 +1,6 @@
-"""Shared training plumbing: accelerate set-up, safetensors checkpoints (model + optimizer), CSV
-logs, loss plots. Checkpoints never use pickle: optimizer tensors go to safetensors, the rest to JSON.
+"""Shared training plumbing: one training loop (`train`) that every trainer drives with a `Stage`
+(build, batch, loss), plus accelerate set-up, safetensors checkpoints (model + optimizer + EMA), CSV
+logs and loss plots. Checkpoints never use pickle: optimizer tensors go to safetensors, the rest to JSON.
 """
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ import argparse
 import csv
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 
 def base_parser(description: str) -> argparse.ArgumentParser:
@@ -22,6 +27,8 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=200)
+    p.add_argument("--save-minutes", type=float, default=0.0,
+                   help="also save a checkpoint when this many minutes passed since the last (one process only)")
     p.add_argument("--val-every", type=int, default=100)
     p.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave the default)")
@@ -98,7 +105,7 @@ class CSVLog:
         if not self.path.exists():
             with self.path.open("w", newline="") as f:
                 csv.writer(f).writerow(self.fields)
-        self.t0 = time.time()
+        self.t0 = self.saved_at = time.time()
 
     def write(self, step: int, **values) -> None:
         with self.path.open("a", newline="") as f:
@@ -133,7 +140,9 @@ def end_step(acc, args, step: int, log: CSVLog, row: dict, bar, validate, save) 
         bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k.startswith("val")})
     if acc.is_main_process:
         log.write(step + 1, **row)
-    if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+    timed = getattr(args, "save_minutes", 0) and acc.num_processes == 1 and time.time() - log.saved_at > 60 * args.save_minutes
+    if (step + 1) % args.save_every == 0 or step + 1 == args.steps or timed:
+        log.saved_at = time.time()
         acc.wait_for_everyone()
         if acc.is_main_process:
             save(step + 1)
@@ -155,3 +164,96 @@ def list_clips(data) -> list[Path]:
     if not clips:
         raise SystemExit(f"no clips in {data}: run `python -m pipeline.data.synthetic --out {data}` first")
     return clips
+
+
+@dataclass
+class Stage:
+    """What a trainer supplies to `train`; the loop does the rest (resume, seeding, EMA, log, checkpoints).
+
+    `model` is what checkpoints hold (`model.safetensors`); `wrapper` is what the optimiser steps through
+    and accelerate prepares when the loss needs more than the model (e.g. a probe head). `batch(rand)`
+    draws a batch on the CPU from `rand.np` / `rand.torch`; `loss(module, batch)` returns the loss and a
+    dict of logged terms, under autocast. `validate()` and `finish()` run on the main process only.
+    """
+
+    title: str  # loss-plot title
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    batch: Callable
+    loss: Callable
+    fields: list[str]  # CSV columns after step and time: the loss terms, lr, then the validation keys
+    validate: Callable | None = None
+    finish: Callable | None = None
+    wrapper: torch.nn.Module | None = None
+    ema: torch.nn.Module | None = None  # a copy of `model`, updated after every step
+    ema_decay: float = 0.999  # warmed up as min(decay, (1 + step) / (10 + step))
+    warmup: int = 0  # linear learning-rate warm-up steps (0: constant learning rate)
+    clip_grad: float | None = 1.0
+    extra: dict = field(default_factory=dict)  # written into every checkpoint's state.json
+
+
+@dataclass
+class Random:
+    """The two random streams of a run, re-seeded from the step on resume, and the current step."""
+
+    np: np.random.Generator
+    torch: torch.Generator
+    step: int = 0
+
+
+def to_device(batch, device):
+    """Tensors (also inside tuples, lists and dicts) to `device`; other values unchanged."""
+    if torch.is_tensor(batch):
+        return batch.to(device)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch
+
+
+@torch.no_grad()
+def ema_update(ema, model, decay: float, step: int) -> None:
+    decay = min(decay, (1 + step) / (10 + step))  # warm-up: early EMAs forget the initialisation
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm, 1 - decay)
+
+
+def _resume(stage: Stage, args):
+    """Scheduler, then the latest checkpoint of `args.out` (model, optimizer, EMA): returns (start, sched)."""
+    warm = max(stage.warmup, 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(stage.optimizer, lambda s: min(1.0, (s + 1) / warm))
+    ckpt = latest_checkpoint(args.out)
+    start = load_checkpoint(ckpt, stage.model, stage.optimizer, stage.ema)["step"] if ckpt else 0
+    sched.last_epoch = start
+    return start, sched
+
+
+def train(stage: Stage, args, acc) -> None:
+    """Run `stage` from the latest checkpoint in `args.out` to `args.steps`, then `finish` it."""
+    start, sched = _resume(stage, args)
+    module, opt = acc.prepare(stage.wrapper or stage.model, stage.optimizer)
+    rand = Random(np.random.default_rng(args.seed + 1000 * start + acc.process_index),
+                  torch.Generator().manual_seed(args.seed + 7919 * start + acc.process_index))
+    log = CSVLog(f"{args.out}/log.csv", stage.fields)
+    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=not acc.is_main_process)
+    for step in bar:
+        rand.step = step
+        batch = to_device(stage.batch(rand), acc.device)
+        with acc.autocast():
+            loss, row = stage.loss(module, batch)
+        acc.backward(loss)
+        if stage.clip_grad:
+            acc.clip_grad_norm_(module.parameters(), stage.clip_grad)
+        opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
+        if stage.ema is not None:
+            ema_update(stage.ema, stage.model, stage.ema_decay, step)
+        row = dict(loss=loss.item(), **{k: float(v) for k, v in row.items()}, lr=sched.get_last_lr()[0])
+        end_step(acc, args, step, log, row, bar, stage.validate or dict,
+                 lambda s: save_checkpoint(f"{args.out}/checkpoint", stage.model, stage.optimizer, s,
+                                           extra=stage.extra, ema=stage.ema))
+    save_rank_params(acc, stage.model, args)
+    if acc.is_main_process:
+        if stage.finish is not None:
+            stage.finish()
+        plot_log(f"{args.out}/log.csv", f"{args.out}/loss.png", stage.title)

@@ -30,7 +30,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
-from tqdm.auto import tqdm
 
 from ..config import TEMPORAL_COMPRESSION, get_preset
 from ..dit import A2VDiT, build_dit
@@ -38,8 +37,7 @@ from ..scheduler import add_noise, sample_async_timesteps, velocity_target
 from ..speech import build_speech_encoder, load_speech_encoder
 from ..vae import video_frames
 from .cache import speech_windows
-from .common import (CSVLog, base_parser, latest_checkpoint, list_clips, load_checkpoint, make_accelerator, plot_log,
-                     end_step, save_checkpoint, save_rank_params)
+from .common import Stage, base_parser, list_clips, make_accelerator, train
 
 
 class LatentWindows:
@@ -99,7 +97,7 @@ def ans_loss(model, z, ref, codes, t, noise, drop_audio, drop_ref):
     return F.mse_loss(v[:, :, 1:].float(), velocity_target(x0, noise)[:, :, 1:])
 
 
-def main(argv=None):
+def parse_args(argv=None):
     p = base_parser("Train the A2V-DiT with ANS")
     p.add_argument("--preset", default="tiny")
     p.add_argument("--p-drop-audio", type=float, default=0.2)
@@ -119,68 +117,64 @@ def main(argv=None):
     p.add_argument("--export-weights", choices=["ema", "raw"], default="ema",
                    help="which weights the run exports (raw: the optimiser's, for short runs where the EMA lags)")
     args = p.parse_args(argv)
+    if args.speech_encoder == "finetune" and not args.speech_ae:
+        p.error("--speech-encoder finetune starts from --speech-ae")
+    return args
+
+
+def build(args, cfg):
+    """The DiT (fresh or --init-dit), wrapped with a trained speech encoder unless codes are cached."""
+    dit = (A2VDiT.from_pretrained(args.init_dit) if args.init_dit else build_dit(cfg.dit)).train()
+    if args.speech_encoder == "finetune":
+        return SpeechDiT(dit, load_speech_encoder(args.speech_ae)).train()
+    if args.speech_encoder != "pretrained":
+        kind = "linear" if args.speech_encoder == "linear" else "speech_ae"
+        return SpeechDiT(dit, build_speech_encoder(cfg.speech, kind)).train()
+    return dit
+
+
+def ans_batch(data, args, f, sc):
+    """Draws (latents, reference, speech, times, noise, audio drop, reference drop) for one step."""
+    def batch(rand):
+        z, ref, codes = data.batch(args.batch_size, f, rand.np)
+        B, g = z.shape[0], rand.torch
+        t = sample_async_timesteps(B, f, sc.train_mu, sc.train_sigma, generator=g, synchronous=args.no_ans)
+        noise = torch.randn((B,) + z.shape[1:2] + (f + 1,) + z.shape[3:], generator=g)
+        drop_a = torch.rand(B, generator=g) < args.p_drop_audio
+        drop_r = torch.rand(B, generator=g) < args.p_drop_ref
+        return z, ref, codes, t, noise, drop_a, drop_r
+    return batch
+
+
+def main(argv=None):
+    args = parse_args(argv)
     acc = make_accelerator(args)
     cfg = get_preset(args.preset)
     cfg.sampling = dataclasses.replace(cfg.sampling, motion_guidance=not args.no_ans)  # frozen settings
     f, sc = cfg.sampling.clip_latent_frames, cfg.sampling
-    dit = (A2VDiT.from_pretrained(args.init_dit) if args.init_dit else build_dit(cfg.dit)).train()
-    if args.speech_encoder == "finetune":
-        if not args.speech_ae:
-            p.error("--speech-encoder finetune starts from --speech-ae")
-        dit = SpeechDiT(dit, load_speech_encoder(args.speech_ae)).train()
-    elif args.speech_encoder != "pretrained":
-        kind = "linear" if args.speech_encoder == "linear" else "speech_ae"
-        dit = SpeechDiT(dit, build_speech_encoder(cfg.speech, kind)).train()
+    dit = build(args, cfg)
     ema = copy.deepcopy(dit).requires_grad_(False)
     opt = torch.optim.AdamW(dit.parameters(), lr=args.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / args.warmup))
-    ckpt = latest_checkpoint(args.out)
-    start = load_checkpoint(ckpt, dit, opt, ema)["step"] if ckpt else 0
-    sched.last_epoch = start
-    model, opt = acc.prepare(dit, opt)
     speech_cfg = cfg.speech if args.speech_encoder != "pretrained" else None  # whisper windows for a trained encoder
     data = LatentWindows(list_clips(args.data), speech_cfg)
-    rng = np.random.default_rng(args.seed + 1000 * start + acc.process_index)
-    gen = torch.Generator().manual_seed(args.seed + 7919 * start + acc.process_index)
     val = validation_batch(data, f, sc, args.no_ans)
     heldout = validation_batch(LatentWindows(list_clips(args.heldout), speech_cfg), f, sc, args.no_ans) if args.heldout else None
-    log = CSVLog(f"{args.out}/log.csv", ["loss", "lr", "val_loss", "val_loss_noaudio"] + (["heldout_loss"] if heldout else []))
-    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=not acc.is_main_process)
-    for step in bar:
-        z, ref, codes = data.batch(args.batch_size, f, rng)
-        z, ref, codes = z.to(acc.device), ref.to(acc.device), to_device(codes, acc.device)
-        B = z.shape[0]
-        t = sample_async_timesteps(B, f, sc.train_mu, sc.train_sigma, generator=gen, synchronous=args.no_ans)
-        t = t.to(acc.device)
-        noise = torch.randn((B,) + z.shape[1:2] + (f + 1,) + z.shape[3:], generator=gen).to(acc.device)
-        drop_a = torch.rand(B, generator=gen).to(acc.device) < args.p_drop_audio
-        drop_r = torch.rand(B, generator=gen).to(acc.device) < args.p_drop_ref
-        with acc.autocast():
-            loss = ans_loss(model, z, ref, codes, t, noise, drop_a, drop_r)
-        acc.backward(loss)
-        acc.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step(), sched.step(), opt.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            decay = min(args.ema, (1 + step) / (10 + step))  # warm-up: early EMAs forget the initialisation
-            for pe, pm in zip(ema.parameters(), dit.parameters()):
-                pe.lerp_(pm, 1 - decay)
-        row = dict(loss=loss.item(), lr=sched.get_last_lr()[0])
-        end_step(acc, args, step, log, row, bar, lambda: validate(ema, val, heldout),
-                 lambda s: save_checkpoint(f"{args.out}/checkpoint", dit, opt, s, ema=ema))
-    save_rank_params(acc, dit, args)
-    if acc.is_main_process:
-        final = ema if args.export_weights == "ema" else dit
-        final_dit, encoder = (final.dit, final.encoder) if isinstance(final, SpeechDiT) else (final, None)
-        final_dit.save_pretrained(f"{args.out}/dit")
-        if encoder is not None:
-            encoder.save_pretrained(f"{args.out}/speech_encoder")
-        plot_log(f"{args.out}/log.csv", f"{args.out}/loss.png", "A2V-DiT (ANS)")
-        if args.vae and (args.speech_ae or encoder is not None):
-            export(cfg, args.vae, encoder if encoder is not None else args.speech_ae, final_dit, f"{args.out}/pipeline")
+    stage = Stage("A2V-DiT (ANS)", dit, opt, ans_batch(data, args, f, sc), lambda m, b: (ans_loss(m, *b), {}),
+                  ["loss", "lr", "val_loss", "val_loss_noaudio"] + (["heldout_loss"] if heldout else []),
+                  validate=lambda: validate(ema, val, heldout), finish=lambda: finish(cfg, args, ema, dit),
+                  ema=ema, ema_decay=args.ema, warmup=args.warmup)
+    train(stage, args, acc)
 
 
-def to_device(audio, device):
-    return tuple(a.to(device) for a in audio) if isinstance(audio, tuple) else audio.to(device)
+def finish(cfg, args, ema, dit):
+    """Save the exported weights (EMA or raw), and a complete pipeline when the parts are given."""
+    final = ema if args.export_weights == "ema" else dit
+    final_dit, encoder = (final.dit, final.encoder) if isinstance(final, SpeechDiT) else (final, None)
+    final_dit.save_pretrained(f"{args.out}/dit")
+    if encoder is not None:
+        encoder.save_pretrained(f"{args.out}/speech_encoder")
+    if args.vae and (args.speech_ae or encoder is not None):
+        export(cfg, args.vae, encoder if encoder is not None else args.speech_ae, final_dit, f"{args.out}/pipeline")
 
 
 def validation_batch(data, f, sc, synchronous=False):

@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..config import get_preset
 from ..speech import build_speech_ae, speech_ae_loss
 from .cache import speech_windows
-from .common import (CSVLog, base_parser, latest_checkpoint, list_clips, load_checkpoint, make_accelerator, plot_log,
-                     end_step, save_checkpoint, save_rank_params)
+from .common import Stage, base_parser, list_clips, make_accelerator, train
 
 
 class SpeechWindows:
@@ -53,30 +51,20 @@ def main(argv=None):
     cfg = get_preset(args.preset)
     ae = build_speech_ae(cfg.speech)
     opt = torch.optim.AdamW(ae.parameters(), lr=args.lr, weight_decay=0.01)
-    ckpt = latest_checkpoint(args.out)
-    start = load_checkpoint(ckpt, ae, opt)["step"] if ckpt else 0
-    model, opt = acc.prepare(ae, opt)
-    clips = list_clips(args.data)
-    data = SpeechWindows(clips, cfg.speech)
-    rng = np.random.default_rng(args.seed + 1000 * start + acc.process_index)
+    data = SpeechWindows(list_clips(args.data), cfg.speech)
     val = data.batch(16, args.frames, np.random.default_rng(123))
-    log = CSVLog(f"{args.out}/log.csv", ["loss", "mse", "contrastive", "val_mse", "val_top1"])
-    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=not acc.is_main_process)
     tau = cfg.speech.temperature
-    for step in bar:
-        x, s = (t.to(acc.device) for t in data.batch(args.batch_size, args.frames, rng))
-        with acc.autocast():
-            _, s_hat = model(x)
-        loss, mse, con = speech_ae_loss(s, s_hat.float(), args.alpha, args.beta, tau)
-        acc.backward(loss)
-        opt.step(), opt.zero_grad(set_to_none=True)
-        row = dict(loss=loss.item(), mse=mse.item(), contrastive=con.item())
-        end_step(acc, args, step, log, row, bar, lambda: validate(ae, *val),
-                 lambda s: save_checkpoint(f"{args.out}/checkpoint", ae, opt, s))
-    save_rank_params(acc, ae, args)
-    if acc.is_main_process:
-        ae.save_pretrained(f"{args.out}/speech_ae")
-        plot_log(f"{args.out}/log.csv", f"{args.out}/loss.png", "SpeechAE")
+
+    def loss(model, batch):
+        x, s = batch
+        _, s_hat = model(x)
+        total, mse, con = speech_ae_loss(s, s_hat.float(), args.alpha, args.beta, tau)
+        return total, dict(mse=mse.item(), contrastive=con.item())
+
+    stage = Stage("SpeechAE", ae, opt, lambda rand: data.batch(args.batch_size, args.frames, rand.np), loss,
+                  ["loss", "mse", "contrastive", "lr", "val_mse", "val_top1"], validate=lambda: validate(ae, *val),
+                  finish=lambda: ae.save_pretrained(f"{args.out}/speech_ae"), clip_grad=None)
+    train(stage, args, acc)
 
 
 @torch.no_grad()

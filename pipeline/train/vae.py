@@ -1,27 +1,30 @@
-"""Train the tiny LTX VAE on synthetic clips (for real data, use the pretrained LTX VAE frozen).
+"""Train an LTX VAE (`tiny` or `fidelity` config) on synthetic clips (for real data, use the pretrained LTX VAE frozen).
 
     python -m pipeline.train.vae --data data/train --out runs/vae --steps 3000
 
-The first steps train on single frames (one-frame videos, 4x the batch), which leaves the
-initial mean-image plateau far sooner than video windows do; then on (1 + 8k)-frame windows.
-Loss: MSE + a little L1 on pixels, an extra L1 on the mouth box (the detail lip-sync lives in) and a small
-KL. Validation reports PSNR of the whole frame and of the mouth box separately. At the end the
-latent statistics are written into the VAE's own `latents_mean` / `latents_std` buffers and the
-VAE is saved with `save_pretrained` in `OUT/vae`.
+Every step trains on a batch of single frames encoded alone (how the reference image is encoded:
+make that frame excellent) and, after the first `--image-steps` steps, also on (1 + 8k)-frame video
+windows. Single frames first leave the initial mean-image plateau far sooner than video windows do.
+Loss: MSE + L1 on pixels, an extra L1 on the mouth box (the detail lip-sync lives in), a small KL and
+a mouth probe on the latents (`VAEObjective`). Validation (EMA weights, `--heldout` clips when
+given) reports PSNR of single frames, of video windows and of their mouth box. At the end the latent
+statistics are written into the VAE's own `latents_mean` / `latents_std` buffers and the VAE is saved
+with `save_pretrained` in `OUT/vae`.
 """
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from ..config import get_preset
-from ..vae import build_vae, encode
-from .common import (CSVLog, base_parser, latest_checkpoint, list_clips, load_checkpoint, load_weights, make_accelerator,
-                     plot_log, end_step, save_checkpoint, save_rank_params)
+from ..config import FIDELITY_VAE, TINY_VAE, VAEConfig
+from ..vae import build_vae, encode, to_pixels
+from .common import Stage, base_parser, list_clips, load_weights, make_accelerator, train
+
+VAE_CONFIGS = {"tiny": TINY_VAE, "fidelity": FIDELITY_VAE}
 
 
 def load_clips(data, limit=None):
@@ -47,7 +50,7 @@ def sample_batch(clips, batch, frames, rng):
         x0, y0, x1, y1 = b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()
         m[y0:y1, x0:x1] = 1
         ms.append(np.broadcast_to(m, (frames,) + m.shape))
-    x = torch.from_numpy(np.stack(xs)).permute(0, 4, 1, 2, 3).float() / 127.5 - 1
+    x = torch.stack([to_pixels(v) for v in xs])  # (B, 3, T, H, W)
     return x, torch.from_numpy(np.stack(ms))[:, None], torch.from_numpy(np.stack(os_)).float()
 
 
@@ -57,7 +60,8 @@ class VAEObjective(torch.nn.Module):
     The mouth probe (a linear map from each latent frame to the openness of its 8 video frames,
     dropped after training) makes the encoder keep the mouth state: without it the tiny VAE spent
     its first thousands of steps on the face and head, and a linear probe on its latents found no
-    openness information at all (correlation ~0).
+    openness information at all (correlation ~0). A single frame has no latent frame after the
+    first, so its probe output is empty.
     """
 
     def __init__(self, vae, sample: bool = True):
@@ -69,8 +73,13 @@ class VAEObjective(torch.nn.Module):
     def forward(self, x):
         post = self.vae.encode(x).latent_dist
         z = post.sample() if self.sample else post.mode()
-        probe = self.mouth_probe(post.mode()[:, :, 1:]).mean(dim=(3, 4))  # (B, 8, k): frames of latents 1..k
-        return self.vae.decode(z).sample, post.kl().mean(), probe.transpose(1, 2).flatten(1)  # (B, 8k)
+        mean = post.mode()
+        if mean.shape[2] > 1:
+            grid = F.adaptive_avg_pool3d(mean[:, :, 1:], (mean.shape[2] - 1, 4, 4))  # a 4x4 grid at any size
+            probe = self.mouth_probe(grid).mean(dim=(3, 4)).transpose(1, 2).flatten(1)  # (B, 8k)
+        else:  # keep the probe in the graph (DDP expects every parameter to get a gradient)
+            probe = mean.new_zeros(len(x), 0) + 0 * sum(p.sum() for p in self.mouth_probe.parameters())
+        return self.vae.decode(z).sample, post.kl().mean(), probe
 
 
 def psnr(a, b, mask=None):
@@ -78,75 +87,118 @@ def psnr(a, b, mask=None):
     return float(10 * torch.log10(4 / err.mean()))  # pixel range [-1, 1] -> peak-to-peak 2
 
 
-def main(argv=None):
-    p = base_parser("Train the tiny LTX VAE")
-    p.add_argument("--preset", default="tiny")
-    p.add_argument("--frames", type=int, default=17, help="frames per training window (1 + 8k)")
+def reconstruction_loss(objective, x, m, openness, args):
+    """Pixel MSE + L1 + mouth-box L1 + KL + mouth probe of one batch; returns (loss, logged terms)."""
+    rec, kl, probe = objective(x)
+    rec = rec.float()
+    l1 = (rec - x).abs().mean()
+    mouth = ((rec - x).abs() * m).sum() / (m.sum() * 3 + 1)
+    probe_loss = F.mse_loss(probe.float(), openness[:, 1:]) if probe.numel() else rec.new_zeros(())
+    loss = F.mse_loss(rec, x) + args.l1_weight * l1 + args.mouth_weight * mouth + args.kl_weight * kl
+    return loss + args.probe_weight * probe_loss, dict(l1=l1.item(), mouth_l1=mouth.item(), kl=kl.item(), probe=probe_loss.item())
+
+
+def parse_args(argv=None):
+    p = base_parser("Train an LTX VAE on synthetic clips")
+    p.add_argument("--config", choices=sorted(VAE_CONFIGS), default="tiny", help="AutoencoderKLLTXVideo preset")
+    p.add_argument("--frames", type=int, default=17, help="frames per video window (1 + 8k)")
+    p.add_argument("--image-batch", type=int, default=0, help="single frames per step (0: 4x --batch-size)")
+    p.add_argument("--image-steps", type=int, default=600, help="first steps on single frames only")
+    p.add_argument("--image-weight", type=float, default=1.0, help="weight of the single-frame loss")
+    p.add_argument("--video-every", type=int, default=1, help="after the image phase, a video batch every N steps")
     p.add_argument("--mouth-weight", type=float, default=1.0)
     p.add_argument("--l1-weight", type=float, default=0.2)
     p.add_argument("--probe-weight", type=float, default=10.0, help="mouth-openness probe on the latents")
-    p.add_argument("--vae-kwargs", help="JSON dict replacing the preset's AutoencoderKLLTXVideo kwargs")
+    p.add_argument("--kl-weight", type=float, default=1e-6)
+    p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the exported weights (0: no EMA)")
+    p.add_argument("--warmup", type=int, default=0, help="linear learning-rate warm-up steps")
+    p.add_argument("--heldout", help="clips never trained on, for the validation PSNR (default: 5%% of --data)")
+    p.add_argument("--vae-kwargs", help="JSON dict replacing the config's AutoencoderKLLTXVideo kwargs")
     p.add_argument("--channels", help="comma-separated block_out_channels override, e.g. 32,32,64,64")
     p.add_argument("--init-from", help="checkpoint or save_pretrained folder to start from (weights only)")
     p.add_argument("--freeze-encoder", action="store_true", help="train the decoder only, on posterior means")
     p.add_argument("--deterministic", action="store_true", help="decode the posterior mean (no sampling noise)")
-    p.add_argument("--image-steps", type=int, default=600, help="first steps on single frames (4x batch)")
-    p.add_argument("--kl-weight", type=float, default=1e-6)
     args = p.parse_args(argv)
-    acc = make_accelerator(args)
-    cfg = get_preset(args.preset)
-    if args.vae_kwargs:  # experiment with other AutoencoderKLLTXVideo settings
-        cfg.vae.kwargs = json.loads(args.vae_kwargs)
-    if args.channels:  # experiment with the VAE width (the preset stays the default)
+    if args.freeze_encoder:  # latents stay exactly as cached for the DiT; only the decoder improves
+        args.deterministic, args.image_steps = True, 0
+    args.image_batch = args.image_batch or 4 * args.batch_size
+    return args
+
+
+def build(args):
+    """The VAE of `--config` (with the overrides), its weights from `--init-from`, frozen parts frozen."""
+    kwargs = json.loads(args.vae_kwargs) if args.vae_kwargs else dict(VAE_CONFIGS[args.config])
+    if args.channels:  # experiment with the VAE width (the config stays the default)
         ch = tuple(int(c) for c in args.channels.split(","))
-        cfg.vae.kwargs.update(block_out_channels=ch, decoder_block_out_channels=ch)
-    vae = build_vae(cfg.vae)
+        kwargs.update(block_out_channels=ch, decoder_block_out_channels=ch)
+    vae = build_vae(VAEConfig(kwargs=kwargs))
     if args.init_from:  # weights only (no optimizer): a checkpoint folder or a save_pretrained folder
         load_weights(args.init_from, vae)
-    if args.freeze_encoder:  # latents stay exactly as cached for the DiT; only the decoder improves
+    if args.freeze_encoder:
         vae.encoder.requires_grad_(False)
-        args.deterministic, args.image_steps = True, 0
-    opt = torch.optim.AdamW([p for p in vae.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
-    start = load_checkpoint(latest_checkpoint(args.out), vae, opt)["step"] if latest_checkpoint(args.out) else 0
-    model, opt = acc.prepare(VAEObjective(vae, sample=not args.deterministic), opt)
-    clips = load_clips(args.data)
-    rng = np.random.default_rng(args.seed + 1000 * start + acc.process_index)
-    val_x, val_m, _ = sample_batch(clips[: max(1, len(clips) // 20)], 4, args.frames, np.random.default_rng(123))
-    log = CSVLog(f"{args.out}/log.csv", ["loss", "l1", "mouth_l1", "kl", "probe", "val_psnr", "val_mouth_psnr"])
-    bar = tqdm(range(start, args.steps), initial=start, total=args.steps, disable=not acc.is_main_process)
-    for step in bar:
-        image_phase = step < args.image_steps  # images first: leaves the mean-image plateau far sooner
-        x, m, openness = sample_batch(clips, args.batch_size * (4 if image_phase else 1), 1 if image_phase else args.frames, rng)
-        x, m, openness = x.to(acc.device), m.to(acc.device), openness.to(acc.device)
-        with acc.autocast():
-            rec, kl, probe = model(x)
-        l1 = (rec - x).abs().mean()
-        mouth = ((rec - x).abs() * m).sum() / (m.sum() * 3 + 1)
-        probe_loss = F.mse_loss(probe.float(), openness[:, 1:]) if probe.numel() else torch.zeros((), device=x.device)
-        loss = F.mse_loss(rec, x) + args.l1_weight * l1 + args.mouth_weight * mouth + args.kl_weight * kl
-        loss = loss + args.probe_weight * probe_loss
-        acc.backward(loss)
-        acc.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step(), opt.zero_grad(set_to_none=True)
-        row = dict(loss=loss.item(), l1=l1.item(), mouth_l1=mouth.item(), kl=kl.item(), probe=probe_loss.item())
-        end_step(acc, args, step, log, row, bar, lambda: validate(vae, val_x, val_m),
-                 lambda s: save_checkpoint(f"{args.out}/checkpoint", vae, opt, s))
-    save_rank_params(acc, vae, args)
-    if acc.is_main_process:
-        finish(vae, clips, args)
+    return vae
+
+
+class VAEData:
+    """Training clips and a fixed validation set (held-out clips when given)."""
+
+    def __init__(self, args):
+        self.args, self.clips = args, load_clips(args.data)
+        val = load_clips(args.heldout) if args.heldout else self.clips[: max(1, len(self.clips) // 20)]
+        self.val_video = sample_batch(val, 4, args.frames, np.random.default_rng(123))[:2]
+        self.val_image = sample_batch(val, 8, 1, np.random.default_rng(124))[0]
+
+    def batch(self, rand):
+        """(single frames, masks, openness) and, after the image phase, a video batch too (else None)."""
+        a = self.args
+        images = sample_batch(self.clips, a.image_batch, 1, rand.np)
+        video = rand.step >= a.image_steps and rand.step % a.video_every == 0
+        return images, sample_batch(self.clips, a.batch_size, a.frames, rand.np) if video else None
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    acc = make_accelerator(args)
+    vae = build(args)
+    objective = VAEObjective(vae, sample=not args.deterministic)
+    ema = copy.deepcopy(vae).requires_grad_(False) if args.ema else None
+    opt = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
+    data = VAEData(args)
+
+    def loss(module, b):
+        images, video = b
+        total, row = reconstruction_loss(module, *images, args)
+        total = args.image_weight * total
+        if video is not None:
+            vloss, vrow = reconstruction_loss(module, *video, args)
+            total, row = total + vloss, vrow | {"image_l1": row["l1"]}
+        return total, row
+
+    final = ema if ema is not None else vae
+    stage = Stage("VAE", vae, opt, data.batch, loss,
+                  ["loss", "l1", "image_l1", "mouth_l1", "kl", "probe", "lr", "val_psnr_image", "val_psnr", "val_mouth_psnr"],
+                  validate=lambda: validate(final, data), finish=lambda: finish(final, data.clips, args),
+                  wrapper=objective, ema=ema, ema_decay=args.ema, warmup=args.warmup,
+                  extra={"vae_config": dict(vae.config)})
+    train(stage, args, acc)
 
 
 @torch.no_grad()
-def validate(vae, x, m):
+def validate(vae, data):
+    """PSNR of single frames encoded alone, of video windows, and of their mouth box (mean latents)."""
+    was = vae.training
     vae.eval()
-    rec = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
-    vae.train()
-    return dict(val_psnr=psnr(rec, x), val_mouth_psnr=psnr(rec, x, m))
+    rec = lambda x: vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)  # noqa: E731
+    (x, m), img = data.val_video, data.val_image
+    video = rec(x)
+    out = dict(val_psnr_image=psnr(rec(img), img), val_psnr=psnr(video, x), val_mouth_psnr=psnr(video, x, m))
+    vae.train(was)
+    return out
 
 
 @torch.no_grad()
 def finish(vae, clips, args):
-    """Latent statistics into the VAE's buffers, then save_pretrained + the loss plot."""
+    """Latent statistics into the VAE's buffers, then save_pretrained."""
     vae.eval()
     vae.latents_mean.zero_(), vae.latents_std.fill_(1.0)
     x, _, _ = sample_batch(clips, 16, args.frames, np.random.default_rng(7))
@@ -154,7 +206,6 @@ def finish(vae, clips, args):
     vae.latents_mean.copy_(z.mean(dim=(0, 2, 3, 4)))
     vae.latents_std.copy_(z.std(dim=(0, 2, 3, 4)).clamp_min(1e-4))
     vae.save_pretrained(f"{args.out}/vae")
-    plot_log(f"{args.out}/log.csv", f"{args.out}/loss.png", "VAE")
 
 
 if __name__ == "__main__":
