@@ -46,16 +46,18 @@ The default settings ({STEPS} steps, {CFG_MODE} CFG, α = {ALPHA:g}) are cheaper
 
 
 def portrait_input(**kwargs) -> gr.Image:
-    """`gr.Image` that hands the handler the uploaded file itself (`image_mode=None`: no conversion,
-    so a 16-bit or EXIF-rotated photo takes the CLI's path) and says in words when an upload is not
-    an image. Wrapped on the instance: a subclass of a gradio component makes gradio write a .pyi
-    stub next to this file on import."""
+    """`gr.Image` that hands the handler the uploaded file itself, before gradio opens it with PIL:
+    every format then takes the CLI's path (16-bit, float TIFF, EXIF-rotated) and the pipeline's
+    loader words every refusal. Wrapped on the instance: a subclass of a gradio component makes
+    gradio write a .pyi stub next to this file on import."""
     image = gr.Image(type="filepath", image_mode=None, **kwargs)
     preprocess = image.preprocess
 
     def checked(payload):
+        if payload is not None and payload.path:
+            return payload.path
         try:
-            return preprocess(payload)
+            return preprocess(payload)  # a pasted data: URL
         except (OSError, ValueError, SyntaxError) as e:  # PIL: UnidentifiedImageError is an OSError
             raise gr.Error("Cannot read the portrait as an image. Upload a PNG, JPEG or WebP picture.") from e
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import face, media, sampler, scheduler, speech
+from . import face, image as image_io, media, sampler, scheduler, speech
 from . import vae as vae_lib
 from .config import FPS, SAMPLE_RATE, PipelineConfig, SamplingConfig, check_value, get_preset, resolve_settings
 from .errors import InputError
@@ -176,9 +176,9 @@ class TalkingHeadPipeline:
         if image is None:
             raise InputError("no portrait image was given")
         if isinstance(image, (str, Path)):
-            rgb = media.load_image(image)
+            rgb = image_io.load_image(image)
         else:
-            rgb = media.limit_size(media.to_rgb8(np.asarray(image)))
+            rgb = image_io.limit_size(image_io.to_rgb8(np.asarray(image)))
         size = (self.config.height, self.config.width)
         already = rgb.shape[:2] == size  # a portrait framed for the model: keep as is
         crop, warnings = (rgb, []) if already else face.prepare_portrait(rgb, size)

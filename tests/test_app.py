@@ -22,8 +22,10 @@ import pytest
 
 import app
 from pipeline import app_support as sup
+from pipeline import image as image_io
 from pipeline import media, serving
 from pipeline.config import FPS, SAMPLE_RATE
+from pipeline.errors import InputError
 from pipeline.serving import DEFAULT_CHECKPOINT
 
 TMP = Path(tempfile.mkdtemp(prefix="test-app-"))
@@ -380,14 +382,15 @@ def test_unreadable_image_and_no_face_with_a_real_pipeline(small_pipe, tmp_path)
     assert media.probe(out[-1][1])["frames"] == FPS
 
 
-def test_portrait_component_turns_pil_errors_into_words(tmp_path):
+def test_portrait_upload_is_refused_by_the_loader_in_words(handlers, tmp_path):
+    """The component passes the upload through; the pipeline's image loader words the refusal."""
     from gradio.data_classes import ImageData
 
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"not an image")
-    comp = app.portrait_input()
-    with pytest.raises(gr.Error, match="Cannot read the portrait as an image"):
-        comp.preprocess(ImageData(path=str(junk), orig_name="junk.png"))
+    assert app.portrait_input().preprocess(ImageData(path=str(junk), orig_name="junk.png")) == str(junk)
+    with pytest.raises(InputError, match="cannot read junk.png as an image"):
+        image_io.load_image(junk)
 
 
 def test_portrait_component_hands_over_the_original_file(tmp_path):
@@ -400,7 +403,7 @@ def test_portrait_component_hands_over_the_original_file(tmp_path):
     cv2.imwrite(str(deep), gray)
     got = app.portrait_input().preprocess(ImageData(path=str(deep), orig_name="deep.png"))
     assert Path(got).read_bytes() == deep.read_bytes()
-    rgb = media.load_image(got)
+    rgb = image_io.load_image(got)
     assert rgb.mean() == pytest.approx(127.5, abs=2)  # not white
 
 
@@ -438,7 +441,7 @@ def test_errors_reach_the_client_and_the_server_keeps_serving(client):
 
     with pytest.raises(Exception, match="No portrait"):
         client.predict(None, app.SOURCE_AUDIO, handle_file(speech(2.0)), api_name="/generate_video")
-    with pytest.raises(Exception, match="Cannot read the portrait"):
+    with pytest.raises(Exception, match="cannot read .* as an image"):
         client.predict(handle_file(speech(2.0)), app.SOURCE_AUDIO, handle_file(speech(2.0)), api_name="/generate_video")
     path, _ = client.predict(handle_file(portrait()), app.SOURCE_TEXT, None, "Hi there.", api_name="/generate_video")
     assert media.probe(path)["video"] == "h264"

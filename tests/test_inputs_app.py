@@ -25,7 +25,6 @@ GENERIC = "raised an exception"  # gradio's text for an exception that is not a 
 
 # Kinds the loader reads but gradio's image component opens with PIL before the pipeline sees the
 # file: the app must hand the pipeline the uploaded file untouched (app.portrait_input).
-NEEDS_APP_FIX = {"32-bit float TIFF", "pixel bomb (header claims 100000 x 100000)"}
 
 
 def free_port() -> int:
@@ -95,23 +94,13 @@ def inputs(tmp_path_factory):
 
 
 def test_the_catalogue_through_one_app(client, inputs, tmp_path):
-    cases = [c for c in CATALOGUE if c.name not in NEEDS_APP_FIX]
-    problems = [f"{c.name}: {p}" for k, c in enumerate(cases)
+    problems = [f"{c.name}: {p}" for k, c in enumerate(CATALOGUE)
                 if (p := check_case(client, c, _folder(tmp_path, k), *inputs))]
     assert not problems, "\n".join(problems)
 
     video = generate(client, inputs[0], VOICE)  # the server still serves a normal request
     frames = round(media.audio_duration(VOICE) * FPS)
     assert media.probe(video) == {"video": "h264", "audio": "aac", "frames": frames}
-
-
-@pytest.mark.xfail(strict=True, reason="app.portrait_input still opens the upload with PIL (gradio's "
-                   "preprocess) instead of handing the pipeline the file: see NEEDS_APP_FIX")
-def test_image_kinds_that_gradio_must_not_open(client, inputs, tmp_path):
-    cases = [c for c in CATALOGUE if c.name in NEEDS_APP_FIX]
-    problems = [f"{c.name}: {p}" for k, c in enumerate(cases)
-                if (p := check_case(client, c, _folder(tmp_path, k), *inputs))]
-    assert not problems, "\n".join(problems)
 
 
 def _folder(root: Path, k: int) -> Path:

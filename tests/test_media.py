@@ -19,6 +19,7 @@ import pytest
 import soundfile as sf
 from PIL import Image, ImageOps
 
+from pipeline import image as image_io
 from pipeline import media
 from pipeline.errors import InputError
 
@@ -274,7 +275,7 @@ def _cmyk(d: Path) -> Path:
 
 def load(case: Case, path: Path):
     if case.kind == "image":
-        return media.load_image(path), []
+        return image_io.load_image(path), []
     speech = media.load_speech(path, max_seconds=MAX_SECONDS)
     return speech, speech.warnings
 
@@ -292,7 +293,7 @@ def test_catalogue_at_the_loader(case, tmp_path):
     assert all(case.match in w for w in warnings)
     if case.kind == "image":
         assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 3
-        assert max(out.shape[:2]) <= media.MAX_IMAGE_SIDE
+        assert max(out.shape[:2]) <= image_io.MAX_IMAGE_SIDE
     else:
         assert out.whisper.dtype == np.float32 and out.whisper.ndim == 1 and np.all(np.isfinite(out.whisper))
         assert out.samples.ndim == 2 and np.abs(out.samples).max() <= 1.0
@@ -313,32 +314,32 @@ def test_catalogue_is_documented():
 def test_exif_orientation_gives_the_upright_picture(orientation, tmp_path):
     jpeg = _oriented(orientation)(tmp_path)
     reference = np.asarray(ImageOps.exif_transpose(Image.open(jpeg)).convert("RGB")).astype(int)
-    got = media.load_image(jpeg).astype(int)
+    got = image_io.load_image(jpeg).astype(int)
     assert got.shape == portrait().shape and np.abs(got - reference).max() <= 1  # PIL agrees
     assert np.abs(got - portrait()).mean() < 3  # upright (JPEG loss only)
-    png = media.load_image(_oriented(orientation, "PNG")(tmp_path))
+    png = image_io.load_image(_oriented(orientation, "PNG")(tmp_path))
     assert np.array_equal(png, portrait())
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
 @pytest.mark.parametrize("orientation", [1, 3, 6, 7])
 def test_16bit_grayscale_keeps_its_values_with_orientation(fmt, orientation, tmp_path):
-    got = media.load_image(_oriented(orientation, fmt, _gray16)(tmp_path))
+    got = image_io.load_image(_oriented(orientation, fmt, _gray16)(tmp_path))
     expected = np.round(_gray16() / 65535 * 255).astype(np.uint8)
     assert np.array_equal(got[:, :, 0], expected) and np.array_equal(got[:, :, 0], got[:, :, 2])
 
 
 def test_alpha_is_composited_on_white_and_huge_is_downscaled(tmp_path):
-    rgba = media.load_image(_pil("a.png", _rgba)(tmp_path))
+    rgba = image_io.load_image(_pil("a.png", _rgba)(tmp_path))
     assert (rgba[:10] == 255).all() and np.array_equal(rgba[10:], portrait()[10:])
-    huge = media.load_image(_pil("h.png", np.zeros((400, 6000, 3), np.uint8))(tmp_path))
+    huge = image_io.load_image(_pil("h.png", np.zeros((400, 6000, 3), np.uint8))(tmp_path))
     assert huge.shape == (273, 4096, 3)
-    first = media.load_image(_gif(tmp_path)).astype(int)  # the first frame (the second is the negative)
+    first = image_io.load_image(_gif(tmp_path)).astype(int)  # the first frame (the second is the negative)
     assert np.abs(first - portrait()).mean() < 8
 
 
 def test_messages_name_the_file_never_its_folder(tmp_path):
-    for call in (media.load_image, media.load_speech, media.audio_duration):
+    for call in (image_io.load_image, media.load_speech, media.audio_duration):
         with pytest.raises(InputError) as e:
             call(tmp_path / "missing.wav")
         assert "missing.wav" in str(e.value) and str(tmp_path) not in str(e.value)
