@@ -116,7 +116,7 @@ class SpeechStream:
     """
 
     def __init__(self, whisper_encoder, feature_extractor, speech_ae, speech_cfg, *, group: int = 2,
-                 window_s: float = 4.0, lookahead_s: float = 0.32):
+                 window_s: float = 4.0, lookahead_s: float = 0.16):
         self.encoder, self.fe, self.ae, self.cfg = whisper_encoder, feature_extractor, speech_ae, speech_cfg
         self.group, self.ctx = group, speech_cfg.context_frames
         self.lookahead = round(lookahead_s * SAMPLE_RATE / SAMPLES_PER_FEATURE) * SAMPLES_PER_FEATURE

@@ -107,14 +107,16 @@ def open_session(parts, image, settings: RestSettings, seed: int = 0) -> RestSes
                        generator=torch.Generator().manual_seed(seed))
 
 
-def _timed(obj, name: str, log: list):
-    """Wrap obj.name so that each call appends its seconds to log."""
+def _timed(obj, name: str, log: list, cpu: list):
+    """Wrap obj.name so that each call appends its wall seconds to log and its CPU seconds to cpu
+    (process time: with one thread, what the call would take on an idle core of this machine)."""
     fn = getattr(obj, name)
 
     def wrapper(*a, **k):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn(*a, **k)
         log.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         return out
 
     setattr(obj, name, wrapper)
@@ -132,10 +134,10 @@ def run_stream(parts, wav, image, settings: RestSettings, block_s: float = 0.02,
     one is done; each frame's latency = when it is out - when its own audio has arrived."""
     t0 = time.perf_counter()
     session = open_session(parts, image, settings, seed)
-    open_s, dit, dec, speech_t = time.perf_counter() - t0, [], [], []
-    _timed(session.streamer, "push", dit)
-    _timed(session.decoder, "push", dec)
-    _timed(session.speech, "push", speech_t)
+    open_s, dit, dec, speech_t, cpu = time.perf_counter() - t0, [], [], [], dict(dit=[], decode=[], speech=[])
+    _timed(session.streamer, "push", dit, cpu["dit"])
+    _timed(session.decoder, "push", dec, cpu["decode"])
+    _timed(session.speech, "push", speech_t, cpu["speech"])
     n, blocks, rss, finish, lat = int(block_s * 16000), [], [], 0.0, []
     for i in range(0, len(wav) + 1, n):
         t1 = time.perf_counter()
@@ -147,7 +149,7 @@ def run_stream(parts, wav, image, settings: RestSettings, block_s: float = 0.02,
         blocks.append(compute)
         if chunks:
             rss.append(_rss_mb())
-    return dict(open_s=open_s, dit=dit, decode=dec, speech=speech_t, blocks=blocks, rss=rss, latency=lat,
+    return dict(open_s=open_s, dit=dit, decode=dec, speech=speech_t, cpu=cpu, blocks=blocks, rss=rss, latency=lat,
                 audio_s=len(wav) / 16000, frames=session.frames_out, settings=settings,
                 ready0=session.speech.ready_sample(0) / 16000)  # chunk 0's audio + look-ahead, seconds
 
@@ -169,8 +171,22 @@ def summarise(run: dict) -> dict:
         frame_latency_median_s=float(np.median(lat)), frame_latency_max_s=float(lat.max()),
         first_frames_latency_s=float(lat[:9].max()),
         rss_mb_first_chunk=run["rss"][0], rss_mb_last=run["rss"][-1],
+        rss_mb_by_tenth=[round(run["rss"][int(q * (len(run["rss"]) - 1))], 1) for q in np.linspace(0, 1, 11)],
+        chunk_s_by_tenth=[round(float(np.median(p)), 3) for p in np.array_split(chunk, 10)] if len(chunk) >= 10 else [],
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, frames_out=run["frames"],
-        frames_expected=round(run["audio_s"] * 25), frames_returned=len(lat))
+        frames_expected=round(run["audio_s"] * 25), frames_returned=len(lat), cpu=_cpu_summary(run))
+
+
+def _cpu_summary(run: dict) -> dict:
+    """The same figures in CPU seconds (process time), a proxy for an idle machine when others load it."""
+    c = run["cpu"]
+    dit, dec = np.array(c["dit"]), np.array(c["decode"])
+    speech_per_chunk = float(np.sum(c["speech"]) / len(dit))
+    chunk = dit + dec[: len(dit)] + speech_per_chunk
+    return dict(first_chunk_s=float(chunk[0]), per_chunk_median_s=float(np.median(chunk)),
+                dit_median_s=float(np.median(dit)), decode_median_s=float(np.median(dec)), speech_per_chunk_s=speech_per_chunk,
+                rtf=float((dit.sum() + dec.sum() + np.sum(c["speech"])) / run["audio_s"]),
+                trend_ms_per_100_chunks=float(np.polyfit(np.arange(len(chunk)), chunk, 1)[0] * 1e5) if len(chunk) > 2 else 0.0)
 
 
 class RestAsPipeline:
@@ -229,7 +245,7 @@ def main(argv=None):
     ap.add_argument("--chunk", type=int, default=2)
     ap.add_argument("--context", type=int, default=2)
     ap.add_argument("--window", type=float, default=4.0)
-    ap.add_argument("--lookahead", type=float, default=0.32)
+    ap.add_argument("--lookahead", type=float, default=0.16)
     ap.add_argument("--holdback", type=int, default=15)
     ap.add_argument("--drift", action="store_true", help="also compare stream features with READ's (20 s of speech)")
     ap.add_argument("--quality", type=int, default=0, metavar="CLIPS", help="also READ vs REST on CLIPS held-out clips")
