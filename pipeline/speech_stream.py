@@ -10,7 +10,7 @@ READ runs Whisper on 30-s windows over the whole file. A stream cannot wait for 
    cost a fraction of the padded 30 s. The slice is the one READ uses for the same audio (READ cuts
    the audio into 30-s windows from 0; a feature at absolute index j sits at position j mod 1500),
    and a window never crosses a 30-s boundary: with positions starting at 0 instead, the features
-   of a 4-s window matched READ's at mean cosine 0.68; aligned, 0.93 (docs/STREAMING.md).
+   of a 4-s window matched READ's at mean cosine 0.58; aligned, 0.93 (docs/STREAMING.md).
 3. `SpeechStream` emits the codes of `group` latent frames as soon as their audio plus a fixed
    look-ahead has arrived. Each group's Whisper window ends exactly `lookahead` after the last
    feature the group needs, so the codes depend on the audio only, never on how it was cut into
