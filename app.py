@@ -14,6 +14,7 @@ import inspect
 import random
 import shutil
 import threading
+import time
 
 import gradio as gr
 
@@ -31,6 +32,7 @@ SOURCE_AUDIO, SOURCE_TEXT = sup.SOURCE_AUDIO, sup.SOURCE_TEXT
 CPU_QUEUE = dict(default_concurrency_limit=1, max_size=16)  # 2 cores: one generation at a time
 GPU_QUEUE = dict(default_concurrency_limit=2, max_size=32)
 EXAMPLES_DIR = serving.EXAMPLES_DIR
+OUT_SIZE = 128  # the default model's frames, shown at 2x
 
 ABOUT = f"""
 # READ talking head
@@ -76,13 +78,15 @@ def on_zero_gpu(duration):
     return spaces.GPU(duration=duration)
 
 
-def with_ui_signature(fn):
-    """A handler with the named parameters of `sup.UI_FIELDS` (+ gradio's progress) calling
-    `fn(*values, progress=...)`, so the API's parameter names come from the one list of fields."""
-    n = len(sup.UI_FIELDS)
+def with_ui_signature(fn, extra: tuple[str, ...] = ()):
+    """A handler with the named parameters of `sup.UI_FIELDS` (+ `extra` state inputs, + gradio's
+    progress) calling `fn(*values, progress=...)`, so the API's parameter names come from the one
+    list of fields."""
+    fields = (*sup.UI_FIELDS, *extra)
+    n = len(fields)
 
     def split(args, kwargs):
-        values = list(args[:n]) + [kwargs.pop(f) for f in sup.UI_FIELDS[len(args):n] if f in kwargs]
+        values = list(args[:n]) + [kwargs.pop(f, None) for f in fields[len(args):n]]
         progress = args[n] if len(args) > n else kwargs.get("progress", gr.Progress())
         return tuple(values), progress
 
@@ -94,7 +98,7 @@ def with_ui_signature(fn):
         def handler(*args, **kwargs):
             values, progress = split(args, kwargs)
             return fn(*values, progress=progress)
-    params = [inspect.Parameter(f, inspect.Parameter.POSITIONAL_OR_KEYWORD) for f in sup.UI_FIELDS]
+    params = [inspect.Parameter(f, inspect.Parameter.POSITIONAL_OR_KEYWORD) for f in fields]
     params.append(inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress()))
     handler.__signature__ = inspect.Signature(params)
     handler.__name__ = handler.__qualname__ = fn.__name__
@@ -117,23 +121,32 @@ class Handlers:
         """ZeroGPU time to ask for, from the checked request's speech length and steps."""
         return serving.estimate_gpu_seconds(speech.seconds, settings.get("num_inference_steps", STEPS))
 
-    def run(self, values: tuple, progress, chunks: bool):
-        """Check the request (no model touched), then generate: yields `sup.Update`s."""
+    def run(self, values: tuple, progress, chunks: bool, started: dict | None = None):
+        """Check the request (no model touched), then generate: yields `sup.Update`s. `started`: the
+        click's time and request folder, from `Handlers.start` (None for API calls)."""
         request = sup.GenerationRequest.from_ui(*values)
         if not self.cache.loaded:
             progress(0.0, desc="Loading the model")
         self.cache.get()
-        shown = set()
-        for update in sup.generate(self.sample, request, chunks=chunks, progress=lambda f, d: progress(f, desc=d)):
+        shown, started = set(), started or {}
+        step_progress = None if serving.on_zero_gpu() else (lambda f, d: progress(f, desc=d))
+        for update in sup.generate(self.sample, request, chunks=chunks, progress=step_progress,
+                                   folder=started.get("folder"), clicked_at=started.get("clicked_at")):
             for w in set(update.warnings) - shown:
                 gr.Warning(w)
             shown |= set(update.warnings)
             yield update
 
+    @staticmethod
+    def start() -> dict:
+        """At the click, before the queue: the click's server time and a folder for this request."""
+        return {"clicked_at": time.time(), "folder": str(sup.request_dir())}
+
     def stream(self, *values, progress=gr.Progress()):
         """Yield (new chunk, whole video, figures) as chunks are decoded."""
+        *values, started = values
         try:
-            for u in self.run(values, progress, chunks=self.live):
+            for u in self.run(tuple(values), progress, chunks=True, started=started):
                 if u.final is None:
                     if self.live:
                         yield u.chunk, None, u.status  # None clears the previous request's whole video
@@ -150,17 +163,25 @@ class Handlers:
             raise gr.Error(str(e)) from None
         return str(last.final), last.status
 
+    @staticmethod
+    def stopped(started: dict | None):
+        """After Stop: what was made so far as one mp4, and a status line that says so."""
+        path, status = sup.stopped_video((started or {}).get("folder"))
+        return (str(path) if path else None), status
+
 
 def speech_inputs():
-    """The speech source switch, the audio input and the text-to-speech group."""
+    """The speech source switch, the audio input and the text-to-speech group, each with a note line."""
     source = gr.Radio([SOURCE_AUDIO, SOURCE_TEXT], value=SOURCE_AUDIO, label="Speech")
     audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Speech audio")
+    audio_note = gr.Markdown("", elem_id="audio-note")
     with gr.Group(visible=False) as text_group:
         text = gr.Textbox("", label="Text to speak", lines=2, placeholder="Hello! Nice to meet you.")
+        text_note = gr.Markdown("", elem_id="text-note")
         with gr.Row():
             voice = gr.Dropdown(VOICES, value=VOICE, label="Voice")
             rate = gr.Slider(*sup.slider_range("rate"), value=RATE, step=5, label="Rate (words per minute)")
-    return source, audio, text_group, text, voice, rate
+    return source, audio, audio_note, text_group, text, text_note, voice, rate
 
 
 def sampling_inputs():
@@ -178,13 +199,32 @@ def sampling_inputs():
         dice = gr.Button("Random seed", size="sm")
     with gr.Accordion("Advanced", open=False):
         clip_frames = gr.Slider(*sup.slider_range("clip_latent_frames"), value=CLIP_LATENT_FRAMES, step=1,
-                                label="Clip length (latent frames per clip; 1 = 8 video frames)")
+                                label="Clip length (latent frames per DiT clip; each clip adds 8 × (n − 1) video frames)")
         shift = gr.Slider(*sup.slider_range("shift"), value=SHIFT, step=0.1, label="Schedule shift")
         max_seconds = gr.Slider(*sup.slider_range("max_seconds"), value=MAX_SECONDS, step=1,
                                 label="Maximum duration (s)")
     dice.click(lambda: random.randint(*sup.slider_range("seed")), None, seed, api_visibility="private")
     cfg_mode.change(lambda m: gr.update(interactive=m == "Split"), cfg_mode, beta, api_visibility="private")
     return steps, cfg_mode, alpha, beta, seed, clip_frames, shift, max_seconds
+
+
+def output_column(can_stream: bool):
+    """The live video, the whole video for download, and the status / figures line."""
+    with gr.Column():
+        size = dict(height=2 * OUT_SIZE + 60, width=2 * OUT_SIZE, interactive=False)
+        live = gr.Video(label=f"Live ({OUT_SIZE}×{OUT_SIZE} video, shown at 2×)", streaming=True, autoplay=True, **size)
+        final = gr.Video(label="Whole video (download)", **size)
+        info = gr.Markdown("" if can_stream else "Live preview is off: the server lacks FFmpeg (ffmpeg, ffprobe).")
+    return live, final, info
+
+
+def wire_notes(image, image_note, audio, audio_note, text, text_note, rate, max_seconds) -> None:
+    """Explain a bad upload at once, and the typed text's speaking time against the limit as it is typed."""
+    image.change(sup.portrait_note, image, image_note, api_visibility="private")
+    for event in (audio.change, max_seconds.change):
+        event(sup.audio_note, [audio, max_seconds], audio_note, api_visibility="private")
+    for event in (text.change, rate.change, max_seconds.change):
+        event(sup.text_note, [text, rate, max_seconds], text_note, api_visibility="private")
 
 
 def build_demo(pipeline=None, *, checkpoint=serving.DEFAULT_CHECKPOINT, examples_dir=EXAMPLES_DIR,
@@ -201,34 +241,37 @@ def build_demo(pipeline=None, *, checkpoint=serving.DEFAULT_CHECKPOINT, examples
     with gr.Blocks(title="READ talking head", delete_cache=(3600, 3600)) as demo:
         demo.handlers = handlers  # for tests and `main` (warm-up)
         gr.Markdown(ABOUT)
-        with gr.Row():
+        started = gr.State(None)  # the click's time and this request's folder (Handlers.start)
+        with gr.Row(equal_height=False):
             with gr.Column():
                 image = portrait_input(label="Portrait", sources=["upload", "clipboard"], height=256)
-                source, audio, text_group, text, voice, rate = speech_inputs()
+                image_note = gr.Markdown("", elem_id="portrait-note")
+                source, audio, audio_note, text_group, text, text_note, voice, rate = speech_inputs()
+                if examples:  # right under the inputs: on a phone the columns stack, outputs come after
+                    gr.Examples(examples=[[img, wav] for img, wav in examples], inputs=[image, audio],
+                                label="Examples (click one, then Generate)")
+                else:
+                    gr.Markdown("No examples yet (put `portrait_<name>.png` + `speech_<name>.wav` in assets/examples).")
                 steps, cfg_mode, alpha, beta, seed, clip_frames, shift, max_seconds = sampling_inputs()
                 with gr.Row():
                     generate = gr.Button("Generate", variant="primary")
-                    stop = gr.Button("Stop", variant="stop")
-            with gr.Column():
-                live = gr.Video(label="Live", streaming=True, autoplay=True, interactive=False)
-                final = gr.Video(label="Whole video (download)", interactive=False)
-                info = gr.Markdown("" if can_stream else "Live preview is off: the server lacks FFmpeg (ffmpeg, ffprobe).")
-        if examples:
-            gr.Examples(examples=[[img, wav] for img, wav in examples], inputs=[image, audio],
-                        label="Examples (click one, then Generate)")
-        else:
-            gr.Markdown("No examples yet (put `portrait_<name>.png` + `speech_<name>.wav` in assets/examples).")
+                    stop = gr.Button("Stop generating", variant="stop")
+            live, final, info = output_column(can_stream)
         api_only = gr.Button(visible=False)  # the non-streaming endpoint has no button of its own
 
         inputs = [image, source, audio, text, voice, rate, steps, cfg_mode, alpha, beta, seed, clip_frames, shift,
                   max_seconds]
-        run = generate.click(with_ui_signature(handlers.stream), inputs, [live, final, info], api_name="generate")
-        stop.click(None, None, None, cancels=[run], api_visibility="private")
+        run = generate.click(handlers.start, None, started, queue=False, api_visibility="private").then(
+            with_ui_signature(handlers.stream, ("started",)), [*inputs, started], [live, final, info],
+            api_name="generate")
+        stop.click(handlers.stopped, started, [final, info], cancels=[run], api_visibility="private")
         api_only.click(with_ui_signature(handlers.video), inputs, [final, info], api_name="generate_video")
+        wire_notes(image, image_note, audio, audio_note, text, text_note, rate, max_seconds)
         show = lambda s: (gr.update(visible=s == SOURCE_AUDIO), gr.update(visible=s == SOURCE_TEXT))  # noqa: E731
         source.change(show, source, [audio, text_group], api_visibility="private")
-        audio.change(lambda a: gr.update(value=SOURCE_AUDIO) if a else gr.skip(), audio, source,
-                     api_visibility="private")
+        to_audio = lambda a: gr.update(value=SOURCE_AUDIO) if a else gr.skip()  # noqa: E731
+        for event in (audio.upload, audio.stop_recording):  # the visitor's own audio, not an example's
+            event(to_audio, audio, source, api_visibility="private")
     demo.queue(**(queue or CPU_QUEUE))
     return demo
 

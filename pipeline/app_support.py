@@ -78,7 +78,9 @@ class GenerationRequest:
     def speech_seconds(self) -> float:
         """Length of the speech from the text or the file header, without decoding (max_seconds if unknown)."""
         if self.source == SOURCE_TEXT:
-            return len(self.text.split()) / max(self.rate, 1) * 60
+            from .speak import estimate_seconds
+
+            return estimate_seconds(self.text, self.rate)
         from .media import audio_duration
 
         try:
@@ -93,24 +95,16 @@ def check_silence(wav: np.ndarray) -> None:
         raise InputError("The speech is silent. Record or upload audio in which someone speaks.")
 
 
-def speak_text(text: str | None, voice: str, rate: int) -> np.ndarray:
-    """Typed text -> 16-kHz speech with the built-in espeak-ng voice."""
-    from .data import tts
-
-    if not text or not text.strip():
-        raise InputError("The text box is empty. Type a sentence for the voice to speak.")
-    try:
-        return tts.speak(text, voice=voice, rate=rate)
-    except ValueError as e:  # unknown voice
-        raise InputError(f"Cannot speak with voice {voice!r}: {e}") from None
-
-
-def load_request_speech(request: GenerationRequest, max_seconds_default: float | None = None):
-    """The request's speech as `media.Speech` (text spoken first), checked for length and silence."""
+def load_request_speech(request: GenerationRequest):
+    """The request's speech as (`media.Speech`, note or None), text spoken first in its own language
+    (the note says lip-sync was learned from English); checked for length and silence."""
     from .media import load_speech
+    from .speak import speak_text
 
-    source = (speak_text(request.text, request.voice, request.rate) if request.source == SOURCE_TEXT
-              else request.audio)
+    source, note = request.audio, None
+    if request.source == SOURCE_TEXT:
+        source, choice = speak_text(request.text, request.voice, request.rate)
+        note = choice.note
     try:
         speech = load_speech(source, max_seconds=request.max_seconds)
     except InputError as e:
@@ -119,7 +113,7 @@ def load_request_speech(request: GenerationRequest, max_seconds_default: float |
         raise InputError(f"{str(e).split(':')[0].replace('the audio', 'The speech')}. Trim it or raise the maximum "
                          "duration under Advanced.") from None
     check_silence(speech.whisper)
-    return speech
+    return speech, note
 
 
 @dataclass
@@ -133,32 +127,60 @@ class Update:
 
 
 def generate(sample: Callable[..., Iterator], request: GenerationRequest, *, chunks: bool = True,
-             progress: Callable[[float, str], None] = lambda f, d: None) -> Iterator[Update]:
+             progress: Callable[[float, str], None] | None = None, folder: Path | None = None,
+             clicked_at: float | None = None) -> Iterator[Update]:
     """Run one request: speech in, `sample(image, speech, seed=..., **settings)` (the pipeline's
-    `stream`, or a ZeroGPU-wrapped copy of it) for the chunks, each written as an mp4 when
-    `chunks`, then the whole video and the figures line. CPU work (speech synthesis, checks,
-    encoding) stays outside `sample`."""
-    t0 = time.perf_counter()
-    progress(0.01, "Reading the speech")
-    speech = load_request_speech(request)
-    folder, whole = request_dir(), VideoAssembler()
-    first_s, n_clips = None, 0
-    progress(0.02, "Encoding the portrait and the speech")
-    stream = sample(request.image, speech, seed=request.seed, **request.settings)
-    for clip in stream:
+    `stream`, or a ZeroGPU-wrapped copy of it) for the chunks, each written as an mp4 into `folder`
+    when `chunks`, then the whole video and the figures line. CPU work (speech synthesis, checks,
+    encoding) stays outside `sample`. `clicked_at` (time.time() of the visitor's click) makes the
+    figures count from the click and name the queue wait."""
+    t0, wall0 = time.perf_counter(), time.time()
+    report = progress or (lambda f, d: None)
+    report(0.01, "Reading the speech")
+    speech, note = load_request_speech(request)
+    folder, whole = Path(folder or request_dir()), VideoAssembler()
+    first_s, n_chunks, steps = None, 0, request.settings["num_inference_steps"]
+    report(0.02, "Encoding the portrait and the speech")
+    extra = {} if progress is None else {"callback_on_step_end": lambda done, total: report(
+        done / total, f"Denoising clip {(done - 1) // steps + 1} of {total // steps} (step {(done - 1) % steps + 1} of {steps})")}
+    stream = sample(request.image, speech, seed=request.seed, **request.settings, **extra)
+    for chunk in stream:
         first_s = time.perf_counter() - t0 if first_s is None else first_s
-        whole.add(clip)
-        n_clips = clip.num_chunks
-        progress((clip.index + 1) / max(clip.num_chunks, 1), f"Chunk {clip.index + 1} of {clip.num_chunks}")
-        chunk = write_chunk(folder, clip) if chunks else None
-        yield Update(chunk, None, f"Generating… chunk {clip.index + 1} of {clip.num_chunks}", tuple(clip.warnings))
-    progress(1.0, "Writing the whole video")
+        whole.add(chunk)
+        n_chunks = chunk.num_chunks
+        path = write_chunk(folder, chunk) if chunks else None
+        warnings = tuple(chunk.warnings) + ((note,) if note and chunk.index == 0 else ())
+        yield Update(path, None, f"Showing chunk {chunk.index + 1} of {chunk.num_chunks}; generating the next…",
+                     warnings)
+    report(1.0, "Writing the whole video")
+    final = whole.write(folder / download_name(request, wall0))
     total = time.perf_counter() - t0
-    final = whole.write(folder / "talking_head.mp4")
     sampling_s = getattr(stream, "timings", {}).get("dit", total)  # a ZeroGPU generator has no timings
-    line = timing_line(first_s or total, total, whole.seconds, n_clips * request.settings["num_inference_steps"],
-                       sampling_s)
-    yield Update(None, final, line)
+    queued = None if clicked_at is None else max(0.0, wall0 - clicked_at)
+    line = timing_line(first_s or total, total, whole.seconds, n_chunks * steps, sampling_s, queued)
+    yield Update(None, final, line + (f" · {note}" if note else ""))
+
+
+def download_name(request: GenerationRequest, when: float) -> str:
+    """`<portrait>_<speech or text>_<date-time-ms>.mp4`, from the inputs' file names."""
+    def stem(x, default):
+        name = Path(str(x)).stem if isinstance(x, (str, Path)) else default
+        return re.sub(r"[^A-Za-z0-9_-]+", "-", name)[:40].strip("-") or default
+
+    speech = "text" if request.source == SOURCE_TEXT else stem(request.audio, "speech")
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when)) + f"-{int(when * 1000) % 1000:03d}"
+    return f"{stem(request.image, 'portrait')}_{speech}_{stamp}.mp4"
+
+
+def stopped_video(folder) -> tuple[Path | None, str]:
+    """After Stop: the chunks made so far joined into one playable mp4, and the status line."""
+    from .media import concat_mp4
+
+    done = sorted(Path(folder).glob("chunk_*.mp4")) if folder else []
+    if not done:
+        return None, "Stopped before the first chunk was ready."
+    total = int(done[-1].stem.split("_of_")[-1]) if "_of_" in done[-1].stem else len(done)
+    return concat_mp4(done, Path(folder) / "stopped.mp4"), f"Stopped after chunk {len(done)} of {total}."
 
 
 # ---------------------------------------------------------------- files and figures
@@ -180,7 +202,8 @@ def write_chunk(folder: Path, chunk) -> Path:
     """One `VideoChunk` -> an H.264 + AAC mp4 of its frames and the audio they span."""
     from .media import write_mp4
 
-    return write_mp4(folder / f"chunk_{chunk.index:04d}.mp4", chunk.frames, chunk.audio, chunk.sample_rate, chunk.fps)
+    name = f"chunk_{chunk.index:04d}_of_{chunk.num_chunks:04d}.mp4"
+    return write_mp4(folder / name, chunk.frames, chunk.audio, chunk.sample_rate, chunk.fps)
 
 
 class VideoAssembler:
@@ -206,12 +229,17 @@ class VideoAssembler:
         return write_mp4(path, np.concatenate(self.frames), np.concatenate(self.audio), self.sample_rate)
 
 
-def timing_line(first_clip_s: float, total_s: float, video_s: float, denoise_steps: int, sampling_s: float) -> str:
-    """The figures a visitor sees under the video."""
+def timing_line(first_clip_s: float, total_s: float, video_s: float, denoise_steps: int, sampling_s: float,
+                queued_s: float | None = None) -> str:
+    """The figures a visitor sees under the video; with `queued_s`, times count from the click."""
     rtf = total_s / video_s if video_s > 0 else float("nan")
     sps = denoise_steps / sampling_s if sampling_s > 0 else float("nan")
-    return (f"First clip after {first_clip_s:.2f} s · real-time factor {rtf:.2f} "
-            f"({total_s:.1f} s for {video_s:.1f} s of video) · {sps:.1f} steps/s")
+    if queued_s is None:
+        head = f"First clip after {first_clip_s:.2f} s"
+    else:
+        head = (f"First clip {queued_s + first_clip_s:.2f} s after your click (waited {queued_s:.2f} s in the queue, "
+                f"then {first_clip_s:.2f} s of work)")
+    return f"{head} · real-time factor {rtf:.2f} ({total_s:.1f} s for {video_s:.1f} s of video) · {sps:.1f} steps/s"
 
 
 def find_examples(folder) -> list[tuple[str, str]]:
@@ -224,6 +252,56 @@ def find_examples(folder) -> list[tuple[str, str]]:
     images = pick("portrait", {".png", ".jpg", ".jpeg", ".webp"})
     speech = pick("speech", {".wav", ".flac", ".mp3", ".ogg"})
     return [(str(images[k]), str(speech[k])) for k in sorted(images) if k in speech]
+
+
+# ---------------------------------------------------------------- checks as the visitor works
+def portrait_note(path) -> str:
+    """A line under the portrait right after upload: what is wrong with it, or empty when it is fine."""
+    from .face import prepare_portrait
+    from .image import load_image
+
+    if not path:
+        return ""
+    try:
+        rgb = load_image(path)
+    except InputError as e:
+        return f"⚠️ {str(e)[0].upper()}{str(e)[1:]}."
+    _, warnings = prepare_portrait(rgb, (128, 128))
+    return "⚠️ " + " ".join(warnings) if warnings else f"Portrait {rgb.shape[1]}×{rgb.shape[0]} ✓"
+
+
+def audio_note(path, max_seconds: float) -> str:
+    """A line under the audio right after upload or recording: its length, or what is wrong with it."""
+    from .media import audio_duration
+
+    if not path:
+        return ""
+    try:
+        seconds = audio_duration(path)
+    except InputError as e:
+        return f"⚠️ {str(e)[0].upper()}{str(e)[1:]}."
+    if seconds > max_seconds:
+        return f"⚠️ {seconds:.1f} s of audio: over the {max_seconds:g}-s limit. Trim it or raise the maximum duration."
+    return f"{seconds:.1f} s of speech ✓"
+
+
+def text_note(text: str, rate, max_seconds) -> str:
+    """The estimated speaking time of typed text against the limit, and the voice's language."""
+    from .speak import choose_voice, estimate_seconds
+
+    if not text or not text.strip():
+        return ""
+    try:
+        language = choose_voice(text).language
+    except InputError as e:
+        return f"⚠️ {e}"
+    seconds, limit = estimate_seconds(text, int(rate or RATE)), float(max_seconds or APP_MAX_SECONDS)
+    line = f"≈ {seconds:.0f} s of speech (limit {limit:g} s)"
+    if seconds > limit:
+        line = f"⚠️ {line}: shorten the text or raise the maximum duration under Advanced"
+    if language != "English":
+        line += f" · spoken with the {language} voice; lip-sync was learned from English speech"
+    return line
 
 
 def slider_range(name: str) -> tuple[float, float]:

@@ -361,6 +361,26 @@ def write_mp4(path, frames: np.ndarray, audio: np.ndarray | None, sample_rate: i
     return path
 
 
+def concat_mp4(parts: list, path) -> Path:
+    """Join mp4 files of the same codecs into one (ffmpeg's concat demuxer, no re-encoding), atomically."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(suffix=".mp4", dir=path.parent)
+    os.close(fd)
+    listing = path.with_suffix(".txt")
+    try:
+        listing.write_text("".join(f"file '{Path(p).resolve()}'\n" for p in parts))
+        cmd = [_ffmpeg(), "-y", "-loglevel", "error", "-f", "concat", "-safe", "0", "-i", str(listing),
+               "-c", "copy", "-movflags", "+faststart", tmp]
+        proc = subprocess.run(cmd, capture_output=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"ffmpeg could not join the chunks: {proc.stderr.decode(errors='replace')[-300:]}")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+        listing.unlink(missing_ok=True)
+    return path
+
+
 def probe(path) -> dict:
     """Codec names, frame count and durations of an mp4 (for tests and checks), via ffmpeg."""
     out = subprocess.run([_ffmpeg(), "-hide_banner", "-i", str(path), "-map", "0:v:0",

@@ -169,7 +169,7 @@ def no_progress(*args, **kwargs):
 def run(handlers, image, audio, **overrides):
     """Drain the streaming handler; return its outputs."""
     kw = {**ARGS, **overrides}
-    return list(handlers.stream(image, kw.pop("source"), audio, *kw.values(), progress=no_progress))
+    return list(handlers.stream(image, kw.pop("source"), audio, *kw.values(), None, progress=no_progress))
 
 
 # ---------------------------------------------------------------- import and wiring
@@ -189,17 +189,18 @@ def test_build_demo_wires_every_control():
     gen, vid = deps["generate"], deps["generate_video"]
     names = ["Portrait", "Speech", "Speech audio", "Text to speak", "Voice", "Rate (words per minute)", "Steps",
              "CFG mode", "α (guidance)", "β (audio guidance, Split only)", "Seed",
-             "Clip length (latent frames per clip; 1 = 8 video frames)", "Schedule shift",
+             "Clip length (latent frames per DiT clip; each clip adds 8 × (n − 1) video frames)", "Schedule shift",
              "Maximum duration (s)"]
-    assert [label(i) for i in gen["inputs"]] == names and vid["inputs"] == gen["inputs"]
-    assert [label(i) for i in gen["outputs"]] == ["Live", "Whole video (download)", ""]
+    assert [label(i) for i in gen["inputs"][:-1]] == names and vid["inputs"] == gen["inputs"][:-1]
+    assert comps[gen["inputs"][-1]]["type"] == "state"  # the click's time and folder (Handlers.start)
+    assert [label(i) for i in gen["outputs"]] == ["Live (128×128 video, shown at 2×)", "Whole video (download)", ""]
     assert gen["api_visibility"] == vid["api_visibility"] == "public"
     live = comps[gen["outputs"][0]]["props"]
     assert live["streaming"] and live["autoplay"]
     audio = comps[gen["inputs"][2]]["props"]
     assert audio["sources"] == ["upload", "microphone"] and audio["type"] == "filepath"
     assert comps[gen["inputs"][0]]["type"] == "image"
-    stop = next(c for c in comps.values() if c["props"].get("value") == "Stop")
+    stop = next(c for c in comps.values() if c["props"].get("value") == "Stop generating")
     stop_deps = [d for d in cfg["dependencies"] if (stop["id"], "click") in map(tuple, d["targets"])]
     assert any(gen["id"] in d["cancels"] for d in stop_deps), "Stop must cancel Generate"
     assert any(c["type"] == "dataset" for c in comps.values()), "examples gallery missing"
@@ -210,7 +211,8 @@ def test_build_demo_wires_every_control():
     fns = demo.fns
     for dep, name in ((gen, "stream"), (vid, "video")):
         fn = fns[dep["id"]].fn
-        assert fn.__name__ == name and list(inspect.signature(fn).parameters) == [*sup.UI_FIELDS, "progress"]
+        state = ["started"] if name == "stream" else []
+        assert fn.__name__ == name and list(inspect.signature(fn).parameters) == [*sup.UI_FIELDS, *state, "progress"]
 
 
 def test_build_demo_without_examples(tmp_path):
