@@ -23,6 +23,7 @@ from .serving import APP_MAX_SECONDS, APP_SETTINGS
 
 SILENCE_PEAK = 1e-4  # a recording whose loudest sample is below this is silence
 OUTPUT_MAX_AGE_S = 3600  # per-request output folders older than this are removed
+MAX_REQUEST_DIRS = 32  # and beyond this many, the oldest (a visitor downloads within minutes)
 SOURCE_AUDIO, SOURCE_TEXT = "Upload or record", "Type text"
 VOICE = "en-us+f2"
 VOICES = ["en-us+f1", "en-us+f2", "en-us+f3", "en-us+f4", "en-us+m1", "en-us+m3", "en-us+m5", "en-us+m7"]
@@ -184,17 +185,21 @@ def stopped_video(folder) -> tuple[Path | None, str]:
 
 
 # ---------------------------------------------------------------- files and figures
-def request_dir(root: Path | None = None) -> Path:
-    """A fresh folder for one request's files; folders of requests over an hour old are removed."""
+def request_dir(root: Path | None = None, keep: int = MAX_REQUEST_DIRS) -> Path:
+    """A fresh folder for one request's files. Folders over an hour old go, and beyond the newest
+    `keep` the oldest go too, so the outputs of a busy server stay bounded."""
     root = Path(root or Path(tempfile.gettempdir()) / "read-app")
     root.mkdir(parents=True, exist_ok=True)
-    now = time.time()
+    now, folders = time.time(), []
     for old in root.iterdir():
         try:
-            if now - old.stat().st_mtime > OUTPUT_MAX_AGE_S:
-                shutil.rmtree(old, ignore_errors=True)
+            folders.append((old.stat().st_mtime, old))
         except FileNotFoundError:  # another request removed it first
-            pass
+            continue
+    folders.sort()
+    for i, (mtime, old) in enumerate(folders):
+        if now - mtime > OUTPUT_MAX_AGE_S or i < len(folders) - (keep - 1):
+            shutil.rmtree(old, ignore_errors=True)
     return Path(tempfile.mkdtemp(dir=root))
 
 
