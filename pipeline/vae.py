@@ -89,16 +89,14 @@ class StreamingDecoder:
     emitted (the decoder's left receptive field) to the newest, and holds back the last `holdback`
     video frames until more latents arrive (its right receptive field: the decoder is not causal).
     The first push holds back only `first_holdback`, so that a first clip of 5 latent frames still
-    makes a 1-s chunk (33 - 8 = 25 frames), and 15 is the most that keeps the second one at 1 s too
-    (65 - 15 - 25). Context frames are decoded but dropped. Holding back one latent's 8 frames left
-    a visible step at every chunk seam (frame change 1.58x the change within a chunk, on 6 held-out
-    clips of the shipped model); 12 frames: 1.41x; 15: 1.22x (docs/TRAINING.md).
+    makes a 1-s chunk (33 - 8 = 25 frames); 15 is the most that keeps the second one at 1 s too
+    (65 - 15 - 25). Context frames are decoded but dropped.
 
     On CPU a non-final decode of fewer than `min_latents` latent frames is padded by repeating its
-    last latent frame (the held-back frames see it instead of the next clip's; the emitted ones
-    change by < 1 grey level): PyTorch runs a small 3-D convolution on its slow native kernel instead
-    of oneDNN (`use_mkldnn` asks N*C*D*H > 20480), which made the first clip's 5 latents of the
-    `tiny` VAE decode 2.4x slower than 6 (0.19 s vs 0.08 s, one thread).
+    last latent frame (the held-back frames see it instead of the next clip's): PyTorch runs small
+    3-D convolutions on its slow native kernel instead of oneDNN (`use_mkldnn` asks N*C*D*H > 20480).
+    The measurements behind these sizes (seam ratios per hold-back, decode times) are in
+    docs/TRAINING.md.
     """
 
     def __init__(self, vae, context: int = 2, holdback: int = 15, first_holdback: int = 8, min_latents: int = 6):
