@@ -92,7 +92,7 @@ def set_cpu_threads(threads: int = 0) -> int:
     """Torch intra-op threads for serving on a CPU; 0: all cores but one.
 
     The spare core runs the web server and the ffmpeg processes that re-encode every streamed chunk
-    while the next clip is generated (docs/TRAINING.md has the measurement).
+    while the next clip is generated (docs/DEPLOY.md has the measurement).
     """
     import torch
 
