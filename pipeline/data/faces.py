@@ -462,7 +462,19 @@ class FaceRenderer:
         """
         contours = self.mouth_contours(openness, width, roundness)
         shadow = contours[3] + [0, 0.1 * self.B]
-        pts = np.vstack(contours + [shadow]) / self.ss + offset
+        return self._box(np.vstack(contours + [shadow]), offset, margin)
+
+    def eyes_box(self, offset=(0.0, 0.0), margin=1) -> np.ndarray:
+        """int (x0, y0, x1, y1) output-pixel box around both eyes, like ``mouth_box``: lids (open or
+        closed), lashes, irises and the lid shading above them; brows and glasses frames are outside."""
+        lids = [c for s in (-1, 1) for c in self._eye_contours(s)]
+        pts = np.vstack(lids + [lids[0] + [0, -0.3 * self.eh], lids[2] + [0, -0.3 * self.eh]])
+        w = 0.006 * self.S  # half the lash line drawn along the lid edge
+        return self._box(np.vstack([pts + d for d in ([-w, 0], [w, 0], [0, -w], [0, w])]), offset, margin)
+
+    def _box(self, pts, offset, margin) -> np.ndarray:
+        """Supersampled points -> int (x0, y0, x1, y1) output pixels, x1/y1 exclusive, ``margin`` added."""
+        pts = pts / self.ss + offset
         lo, hi = np.floor(pts.min(0)) - margin, np.floor(pts.max(0)) + 1 + margin
         return np.concatenate([lo, hi]).clip(0, self.size).astype(np.int32)
 

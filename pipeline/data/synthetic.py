@@ -107,13 +107,14 @@ def render_clip(seed: int, seconds: float, size: int = 128) -> SyntheticClip:
     gt = visemes.mouth_tracks(speech.phonemes, num_frames, FPS)
     gt.update(sample_motion(motion_rng, num_frames, size))
     frames = np.empty((num_frames, size, size, 3), np.uint8)
-    boxes = np.empty((num_frames, 4), np.int32)
+    boxes, eyes = np.empty((num_frames, 4), np.int32), np.empty((num_frames, 4), np.int32)
     for k in range(num_frames):
         mouth = (gt["openness"][k], gt["width"][k], gt["roundness"][k])
         off = tuple(gt["head_offset"][k])
         frames[k] = renderer.render(*mouth, blink=gt["blink"][k], brow=gt["brow"][k], offset=off)
         boxes[k] = renderer.mouth_box(*mouth, offset=off)
-    gt["mouth_box"] = boxes
+        eyes[k] = renderer.eyes_box(offset=off)
+    gt["mouth_box"], gt["eyes_box"] = boxes, eyes
     phonemes = [[p.symbol, round(p.start, 4), round(p.end, 4)] for p in speech.phonemes]
     meta = {"seed": int(seed), "size": size, "fps": FPS, "num_frames": num_frames,
             "sample_rate": SAMPLE_RATE, "identity": faces.describe(ident), **speech_meta,

@@ -13,7 +13,13 @@ compared with the ground-truth openness of that audio. Prints a JSON summary:
 
 `--vae-only` measures the ceiling the VAE sets instead: the ground-truth clips are encoded and
 decoded (no DiT, no audio) and the reader's openness on the reconstruction is correlated with the
-truth; also the reconstruction PSNR of the whole frame and of the mouth box.
+truth (the lip-sync ceiling); beside it the fidelity figures: `vae_psnr_reference` (the clip's first
+frame encoded alone, as the reference is), `vae_psnr`, `vae_psnr_eyes`, `vae_psnr_mouth` (17-frame
+windows, whole frame and the generator's eyes and mouth boxes). `--vae PATH` measures a candidate
+VAE: a training checkpoint (`OUT/checkpoint`, its EMA weights) or a `save_pretrained` folder.
+
+Every clip's `reader_gt_correlation` checks the mouth reader on the ground-truth frames; clips below
+0.95 are flagged and listed in `reader_failed_clips`, and `reader_gt_correlation_min` is the worst.
 """
 from __future__ import annotations
 
@@ -22,10 +28,11 @@ import json
 import time
 
 import numpy as np
+import torch
 
 from ..config import SAMPLE_RATE
 from ..vae import first_video_frame
-from .mouth import clip_box, load_reader, read_openness
+from .mouth import READER_BAR, clip_box, load_reader, read_openness, reader_check
 
 MAX_LAG = 5
 
@@ -93,27 +100,67 @@ def evaluate_clip(pipe, reader, clip, size, **kwargs) -> dict:
     best = max(lags, key=lags.get)
     identity = masked_psnr(frames, ref, box)
     return {"lipsync_correlation": lags[0], "best_lag": best, "best_lag_correlation": lags[best],
-            "reader_gt_correlation": float(np.corrcoef(read_openness(reader, clip.frames[:n], box), true)[0, 1]),
+            "reader_gt_correlation": reader_check(reader, clip.frames, clip.gt["mouth_box"], clip.gt["openness"]),
             "identity_psnr_first_s": float(identity[:25].mean()), "identity_psnr_last_s": float(identity[-25:].mean()),
             "boundary_ratio": boundary_ratio(frames, [c.start_frame for c in chunks]),
             "clip_seam_ratio": boundary_ratio(frames, clip_seams(len(frames), f)), "frames": n,
             "wall_s": wall, "audio_s": len(clip.audio) / SAMPLE_RATE}
 
 
-def vae_reconstruction(pipe, reader, clip, size) -> dict:
-    """Encode + decode the ground-truth clip: how much lip motion the VAE itself keeps."""
+WINDOW = 17  # frames per VAE window in the fidelity figures (1 + 8 * 2, the VAE trainer's windows)
+
+
+def box_mse(err: np.ndarray, boxes: np.ndarray | None = None) -> float:
+    """Mean of per-pixel squared errors (T, H, W, 3), inside the union of per-frame boxes (T, 4) if given."""
+    if boxes is None:
+        return float(err.mean())
+    x0, y0 = boxes[:, :2].min(0)
+    x1, y1 = boxes[:, 2:].max(0)
+    return float(err[:, y0:y1, x0:x1].mean())
+
+
+def vae_fidelity(vae, clip, window: int = WINDOW) -> dict:
+    """Reconstruction PSNR: the first frame encoded alone (how the reference is encoded) and every whole
+    `window`-frame window encoded and decoded on its own, on the whole frame and the eyes and mouth boxes."""
+    from .. import vae as vae_lib
+
+    def roundtrip(frames):  # (N, T, H, W, 3) uint8 -> the same, through the VAE
+        x = torch.stack([vae_lib.to_pixels(f) for f in frames]).to(vae.device, vae.dtype)
+        rec = vae_lib.decode(vae, vae_lib.encode(vae, x))
+        return np.stack([vae_lib.to_uint8(rec[i : i + 1]) for i in range(len(rec))])
+
+    ref = clip.frames[:1].astype(np.float32)
+    out = {"vae_psnr_reference": float(psnr(((roundtrip(clip.frames[None, :1])[0] - ref) ** 2).mean()))}
+    starts = range(0, len(clip.frames) - window + 1, window)
+    sums = {"vae_psnr": [], "vae_psnr_eyes": [], "vae_psnr_mouth": []}
+    for i in range(0, len(starts), 4):  # 4 windows per batch
+        group = starts[i : i + 4]
+        rec = roundtrip(np.stack([clip.frames[s : s + window] for s in group]))
+        for r, s in zip(rec, group):
+            err = (r.astype(np.float32) - clip.frames[s : s + window].astype(np.float32)) ** 2
+            sums["vae_psnr"].append(box_mse(err))
+            sums["vae_psnr_eyes"].append(box_mse(err, clip.gt["eyes_box"][s : s + window]))
+            sums["vae_psnr_mouth"].append(box_mse(err, clip.gt["mouth_box"][s : s + window]))
+    return out | {k: float(psnr(np.mean(v))) for k, v in sums.items()}
+
+
+def vae_reconstruction(vae, reader, clip, size) -> dict:
+    """Encode + decode the ground-truth clip: how much lip motion the VAE itself keeps (the reader's
+    correlation on the reconstruction), beside `vae_fidelity`'s PSNR figures."""
     from .. import vae as vae_lib
 
     n = vae_lib.video_frames(vae_lib.latent_frames(len(clip.frames)))  # whole latent frames only
     x = vae_lib.to_pixels(clip.frames[:n])[None]  # (1, 3, n, H, W)
-    frames = vae_lib.to_uint8(vae_lib.decode(pipe.vae, vae_lib.encode(pipe.vae, x.to(pipe.device, pipe.vae.dtype))))
+    frames = vae_lib.to_uint8(vae_lib.decode(vae, vae_lib.encode(vae, x.to(vae.device, vae.dtype))))
     box = clip_box(clip.gt["mouth_box"], size)
     true = clip.gt["openness"][:n]
     lags = lagged_correlation(read_openness(reader, frames, box), true)
     err = (frames.astype(np.float32) - clip.frames[:n].astype(np.float32)) ** 2
     x0, y0, x1, y1 = box
     return {"lipsync_correlation": lags[0], "best_lag": max(lags, key=lags.get),
-            "psnr": float(psnr(err.mean())), "mouth_psnr": float(psnr(err[:, y0:y1, x0:x1].mean())), "frames": n}
+            "reader_gt_correlation": reader_check(reader, clip.frames, clip.gt["mouth_box"], clip.gt["openness"]),
+            "psnr": float(psnr(err.mean())), "mouth_psnr": float(psnr(err[:, y0:y1, x0:x1].mean())), "frames": n,
+            **vae_fidelity(vae, clip)}
 
 
 def resolved_settings(pipe, overrides: dict) -> dict:
@@ -150,20 +197,24 @@ def main(argv=None):
     p.add_argument("--json", help="also write the summary here")
     args = p.parse_args(argv)
     pipe = TalkingHeadPipeline.from_pretrained(args.checkpoint)
-    if args.vae:  # same architecture, other weights: a training checkpoint or a save_pretrained folder
-        from ..train.common import load_weights
+    vae = pipe.vae
+    if args.vae:  # a candidate VAE: a training checkpoint or a save_pretrained folder, any LTX config
+        from ..train.common import load_vae
 
-        load_weights(args.vae, pipe.vae)
+        vae = load_vae(args.vae, like=pipe.vae).to(pipe.device)
     size, reader = pipe.config.height, load_reader()
     kw = dict(num_inference_steps=args.steps, cfg_mode=args.cfg, alpha=args.alpha, beta=args.beta, mode=args.mode)
     t0, rows = time.perf_counter(), []
     for i in range(args.clips):
         clip = render_clip(clip_seed(args.seed, i), args.seconds, size)
-        rows.append(vae_reconstruction(pipe, reader, clip, size) if args.vae_only
+        rows.append(vae_reconstruction(vae, reader, clip, size) if args.vae_only
                     else evaluate_clip(pipe, reader, clip, size, **kw))
-        print(f"clip {i}: {json.dumps({k: round(v, 3) for k, v in rows[-1].items()})}", flush=True)
+        flag = "  <- the reader fails on this clip's ground truth" if rows[-1]["reader_gt_correlation"] < READER_BAR else ""
+        print(f"clip {i}: {json.dumps({k: round(v, 3) for k, v in rows[-1].items()})}{flag}", flush=True)
     summary = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k not in ("frames", "wall_s", "audio_s")}
     summary["best_lag_median"] = float(np.median([r["best_lag"] for r in rows]))
+    summary["reader_gt_correlation_min"] = min(r["reader_gt_correlation"] for r in rows)
+    summary["reader_failed_clips"] = [i for i, r in enumerate(rows) if r["reader_gt_correlation"] < READER_BAR]
     if not args.vae_only:
         summary["rtf"] = sum(r["wall_s"] for r in rows) / sum(r["audio_s"] for r in rows)
     if args.long_seconds and not args.vae_only:

@@ -5,6 +5,7 @@ logs and loss plots. Checkpoints never use pickle: optimizer tensors go to safet
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import time
@@ -94,6 +95,24 @@ def load_weights(folder, model) -> None:
     folder = Path(folder)
     name = "model.safetensors" if (folder / "model.safetensors").exists() else "diffusion_pytorch_model.safetensors"
     model.load_state_dict(load_file(str(folder / name)))
+
+
+def load_vae(folder, like=None):
+    """An `AutoencoderKLLTXVideo` from a `save_pretrained` folder, or from a VAE training checkpoint
+    (its config in state.json; EMA weights when it has them). `like`: a VAE of the same architecture
+    for older checkpoints that stored no config."""
+    from diffusers import AutoencoderKLLTXVideo
+
+    folder = Path(folder)
+    if (folder / "config.json").exists():
+        return AutoencoderKLLTXVideo.from_pretrained(folder).eval()
+    config = json.loads((folder / "state.json").read_text()).get("extra", {}).get("vae_config")
+    if config is None and like is None:
+        raise ValueError(f"{folder} holds no VAE config: pass a VAE of its architecture as `like`")
+    vae = copy.deepcopy(like) if config is None else AutoencoderKLLTXVideo.from_config(config)
+    name = "ema.safetensors" if (folder / "ema.safetensors").exists() else "model.safetensors"
+    vae.load_state_dict(load_file(str(folder / name)))
+    return vae.eval()
 
 
 class CSVLog:

@@ -9,7 +9,8 @@ Loss: MSE + L1 on pixels, an extra L1 on the mouth box (the detail lip-sync live
 a mouth probe on the latents (`VAEObjective`). Validation (EMA weights, `--heldout` clips when
 given) reports PSNR of single frames, of video windows and of their mouth box. At the end the latent
 statistics are written into the VAE's own `latents_mean` / `latents_std` buffers and the VAE is saved
-with `save_pretrained` in `OUT/vae`.
+with `save_pretrained` in `OUT/vae`. Re-running with `--steps` equal to the checkpoint's step
+exports that checkpoint without training.
 """
 from __future__ import annotations
 
@@ -118,6 +119,7 @@ def parse_args(argv=None):
     p.add_argument("--init-from", help="checkpoint or save_pretrained folder to start from (weights only)")
     p.add_argument("--freeze-encoder", action="store_true", help="train the decoder only, on posterior means")
     p.add_argument("--deterministic", action="store_true", help="decode the posterior mean (no sampling noise)")
+    p.add_argument("--export-dtype", choices=["fp32", "fp16"], default="fp32", help="dtype of the exported OUT/vae")
     args = p.parse_args(argv)
     if args.freeze_encoder:  # latents stay exactly as cached for the DiT; only the decoder improves
         args.deterministic, args.image_steps = True, 0
@@ -205,7 +207,8 @@ def finish(vae, clips, args):
     z = torch.cat([encode(vae, x[i : i + 4]) for i in range(0, 16, 4)])  # un-normalised (buffers reset)
     vae.latents_mean.copy_(z.mean(dim=(0, 2, 3, 4)))
     vae.latents_std.copy_(z.std(dim=(0, 2, 3, 4)).clamp_min(1e-4))
-    vae.save_pretrained(f"{args.out}/vae")
+    export = copy.deepcopy(vae).half() if args.export_dtype == "fp16" else vae  # fp16: half the file size
+    export.save_pretrained(f"{args.out}/vae")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,92 @@
+"""Fidelity measurement (issue: a default model that keeps the face): the generator's eyes box, the
+VAE figures of `eval.synthetic --vae-only`, candidate VAE loading, and the mouth reader's own check."""
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import FIDELITY_VAE, TINY_VAE, VAEConfig
+from pipeline.vae import build_vae
+
+
+def _changed(a, b):
+    ys, xs = np.nonzero(np.abs(a.astype(int) - b.astype(int)).max(-1))
+    return xs, ys
+
+
+def _inside(xs, ys, box):
+    x0, y0, x1, y1 = box
+    return bool(((xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)).all())
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_eyes_box_holds_every_pixel_a_blink_changes(seed):
+    """The generator knows where it drew the eyes: closing them changes pixels inside eyes_box only,
+    at any head offset, and the box is above the mouth box."""
+    from pipeline.data import faces
+
+    r = faces.FaceRenderer(faces.sample_identity(np.random.default_rng(seed)), 128)
+    for off in [(0.0, 0.0), (2.5, -1.5)]:
+        xs, ys = _changed(r.render(blink=0.0, offset=off), r.render(blink=1.0, offset=off))
+        assert len(xs) > 20 and _inside(xs, ys, r.eyes_box(offset=off))
+        assert r.eyes_box(offset=off)[3] <= r.mouth_box(0.0, 0.5, 0.0, offset=off)[1]
+
+
+def test_render_clip_writes_an_eyes_box_per_frame():
+    from pipeline.data.synthetic import render_clip
+
+    clip = render_clip(5, 0.4, 64)
+    assert clip.gt["eyes_box"].shape == clip.gt["mouth_box"].shape == (10, 4)
+    assert clip.gt["eyes_box"].dtype == np.int32
+
+
+class _Clip:
+    def __init__(self, frames):
+        n = len(frames)
+        self.frames = frames
+        self.gt = {"eyes_box": np.tile([4, 4, 28, 12], (n, 1)), "mouth_box": np.tile([8, 20, 24, 28], (n, 1))}
+
+
+def test_vae_fidelity_encodes_the_reference_alone_and_windows_on_their_own():
+    """vae_psnr_reference depends on the first frame only (it is encoded as a one-frame video); the
+    window figures ignore frames after the last whole 17-frame window."""
+    from pipeline.eval.synthetic import vae_fidelity
+
+    torch.manual_seed(0)
+    vae = build_vae(VAEConfig(kwargs=dict(TINY_VAE))).eval()
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (36, 32, 32, 3), dtype=np.uint8)
+    a = vae_fidelity(vae, _Clip(frames))
+    assert set(a) == {"vae_psnr_reference", "vae_psnr", "vae_psnr_eyes", "vae_psnr_mouth"}
+    other = frames.copy()
+    other[1:17] = 255 - other[1:17]  # the rest of the first window changes
+    b = vae_fidelity(vae, _Clip(other))
+    assert b["vae_psnr_reference"] == a["vae_psnr_reference"] and b["vae_psnr"] != a["vae_psnr"]
+    tail = frames.copy()
+    tail[34:] = 0  # frames 34, 35 are in no whole window (0-16, 17-33)
+    c = vae_fidelity(vae, _Clip(tail))
+    assert c == a
+
+
+def test_load_vae_builds_the_checkpoint_config_and_prefers_its_ema(tmp_path):
+    from pipeline.train.common import load_vae, save_checkpoint
+
+    torch.manual_seed(0)
+    kwargs = dict(FIDELITY_VAE, block_out_channels=(8, 8, 16, 16), decoder_block_out_channels=(8, 8, 16, 16))
+    vae, ema = build_vae(VAEConfig(kwargs=kwargs)), build_vae(VAEConfig(kwargs=kwargs))
+    opt = torch.optim.AdamW(vae.parameters())
+    save_checkpoint(tmp_path / "ck", vae, opt, 5, extra={"vae_config": dict(vae.config)}, ema=ema)
+    got = load_vae(tmp_path / "ck")
+    assert got.config.block_out_channels == (8, 8, 16, 16) or list(got.config.block_out_channels) == [8, 8, 16, 16]
+    for (k, p), q in zip(got.state_dict().items(), ema.state_dict().values()):
+        assert torch.equal(p, q), k
+
+
+def test_reader_check_reads_ground_truth_and_not_shuffled_truth():
+    from pipeline.data.synthetic import render_clip
+    from pipeline.eval.mouth import READER_BAR, load_reader, reader_check
+
+    clip = render_clip(11, 3.0, 128)
+    reader = load_reader()
+    box, true = clip.gt["mouth_box"], clip.gt["openness"]
+    assert reader_check(reader, clip.frames, box, true) >= READER_BAR
+    assert reader_check(reader, clip.frames, box, np.random.default_rng(0).permutation(true)) < 0.5
