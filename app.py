@@ -48,23 +48,10 @@ The default settings ({STEPS} steps, {CFG_MODE} CFG, α = {ALPHA:g}) are cheaper
 
 
 def portrait_input(**kwargs) -> gr.Image:
-    """`gr.Image` that hands the handler the uploaded file itself, before gradio opens it with PIL:
-    every format then takes the CLI's path (16-bit, float TIFF, EXIF-rotated) and the pipeline's
-    loader words every refusal. Wrapped on the instance: a subclass of a gradio component makes
-    gradio write a .pyi stub next to this file on import."""
-    image = gr.Image(type="filepath", image_mode=None, **kwargs)
-    preprocess = image.preprocess
-
-    def checked(payload):
-        if payload is not None and payload.path:
-            return payload.path
-        try:
-            return preprocess(payload)  # a pasted data: URL
-        except (OSError, ValueError, SyntaxError) as e:  # PIL: UnidentifiedImageError is an OSError
-            raise gr.Error("Cannot read the portrait as an image. Upload a PNG, JPEG or WebP picture.") from e
-
-    image.preprocess = checked
-    return image
+    """The portrait upload. Its events run with `preprocess=False`: handlers get the uploaded file
+    itself (gradio does not open it with PIL first), so every format takes the CLI's path (16-bit,
+    float TIFF, EXIF-rotated) and the pipeline's loader words every refusal."""
+    return gr.Image(type="filepath", image_mode=None, **kwargs)
 
 
 def on_zero_gpu(duration):
@@ -220,9 +207,9 @@ def output_column(can_stream: bool):
 
 def wire_notes(image, image_note, audio, audio_note, text, text_note, rate, max_seconds) -> None:
     """Explain a bad upload at once, and the typed text's speaking time against the limit as it is typed."""
-    image.change(sup.portrait_note, image, image_note, api_visibility="private")
+    image.change(sup.portrait_note, image, image_note, api_visibility="private", preprocess=False)
     for event in (audio.change, max_seconds.change):
-        event(sup.audio_note, [audio, max_seconds], audio_note, api_visibility="private")
+        event(sup.audio_note, [audio, max_seconds], audio_note, api_visibility="private", preprocess=False)
     for event in (text.change, rate.change, max_seconds.change):
         event(sup.text_note, [text, rate, max_seconds], text_note, api_visibility="private")
 
@@ -263,9 +250,10 @@ def build_demo(pipeline=None, *, checkpoint=serving.DEFAULT_CHECKPOINT, examples
                   max_seconds]
         run = generate.click(handlers.start, None, started, queue=False, api_visibility="private").then(
             with_ui_signature(handlers.stream, ("started",)), [*inputs, started], [live, final, info],
-            api_name="generate")
+            api_name="generate", preprocess=False)
         stop.click(handlers.stopped, started, [final, info], cancels=[run], api_visibility="private")
-        api_only.click(with_ui_signature(handlers.video), inputs, [final, info], api_name="generate_video")
+        api_only.click(with_ui_signature(handlers.video), inputs, [final, info], api_name="generate_video",
+                       preprocess=False)
         wire_notes(image, image_note, audio, audio_note, text, text_note, rate, max_seconds)
         show = lambda s: (gr.update(visible=s == SOURCE_AUDIO), gr.update(visible=s == SOURCE_TEXT))  # noqa: E731
         source.change(show, source, [audio, text_group], api_visibility="private")

@@ -39,6 +39,12 @@ UI_LABELS = {"cfg_mode": "CFG mode", "rate": "Speaking rate", "num_inference_ste
              "clip_latent_frames": "Clip length", "shift": "Schedule shift", "max_seconds": "Maximum duration"}
 
 
+def file_path(value):
+    """A file input as the handler gets it: a path, a gradio file payload (`{"path": ...}`, as
+    events with `preprocess=False` deliver uploads), or something else (an array), returned as is."""
+    return value.get("path") if isinstance(value, dict) else value
+
+
 @dataclass(frozen=True)
 class GenerationRequest:
     """One visitor's request, built once from the UI values (`from_ui`) and checked there."""
@@ -61,6 +67,7 @@ class GenerationRequest:
         v = {k: (UI_DEFAULTS.get(k) if v.get(k) is None and k not in ("image", "audio") else v.get(k))
              for k in UI_FIELDS}
         v["num_inference_steps"] = v.pop("steps")
+        v["image"], v["audio"] = file_path(v["image"]), file_path(v["audio"])
         v.update({k: named.get(k) or APP_SETTINGS[k] for k in ("mode", "render")})  # no control of their own yet
         if v["image"] is None:
             raise InputError("No portrait. Upload an image or pick one of the examples.")
@@ -265,6 +272,7 @@ def portrait_note(path) -> str:
     from .face import prepare_portrait
     from .image import load_image
 
+    path = file_path(path)
     if not path:
         return ""
     try:
@@ -279,6 +287,7 @@ def audio_note(path, max_seconds: float) -> str:
     """A line under the audio right after upload or recording: its length, or what is wrong with it."""
     from .media import audio_duration
 
+    path = file_path(path)
     if not path:
         return ""
     try:

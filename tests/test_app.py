@@ -25,7 +25,6 @@ from pipeline import app_support as sup
 from pipeline import image as image_io
 from pipeline import media, serving
 from pipeline.config import FPS, SAMPLE_RATE
-from pipeline.errors import InputError
 from pipeline.serving import DEFAULT_CHECKPOINT
 
 TMP = Path(tempfile.mkdtemp(prefix="test-app-"))
@@ -384,29 +383,19 @@ def test_unreadable_image_and_no_face_with_a_real_pipeline(small_pipe, tmp_path)
     assert media.probe(out[-1][1])["frames"] == FPS
 
 
-def test_portrait_upload_is_refused_by_the_loader_in_words(handlers, tmp_path):
-    """The component passes the upload through; the pipeline's image loader words the refusal."""
-    from gradio.data_classes import ImageData
-
-    junk = tmp_path / "junk.png"
-    junk.write_bytes(b"not an image")
-    assert app.portrait_input().preprocess(ImageData(path=str(junk), orig_name="junk.png")) == str(junk)
-    with pytest.raises(InputError, match="cannot read junk.png as an image"):
-        image_io.load_image(junk)
-
-
-def test_portrait_component_hands_over_the_original_file(tmp_path):
-    """A 16-bit grayscale portrait reaches the pipeline as the uploaded file, not an 8-bit conversion."""
+def test_file_inputs_arrive_unprocessed_and_16_bit_keeps_its_values(handlers, tmp_path):
+    """Events run with preprocess=False: a file arrives as gradio's payload and is read by the
+    pipeline's own loader, so a 16-bit grayscale portrait is not turned white by an 8-bit conversion."""
     import cv2
-    from gradio.data_classes import ImageData
 
+    demo = app.build_demo(FakePipeline(), examples_dir=examples_dir())
+    assert all(not fn.preprocess for fn in demo.fns.values() if fn.name in ("stream", "video", "portrait_note"))
     deep = tmp_path / "deep.png"
-    gray = (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16)
-    cv2.imwrite(str(deep), gray)
-    got = app.portrait_input().preprocess(ImageData(path=str(deep), orig_name="deep.png"))
-    assert Path(got).read_bytes() == deep.read_bytes()
-    rgb = image_io.load_image(got)
-    assert rgb.mean() == pytest.approx(127.5, abs=2)  # not white
+    cv2.imwrite(str(deep), (np.linspace(0, 65535, 64 * 64).reshape(64, 64)).astype(np.uint16))
+    out = run(handlers, {"path": str(deep), "orig_name": "deep.png"}, {"path": speech(1.0)})
+    seen = handlers.cache.get().calls[0]["image"]
+    assert seen == str(deep) and image_io.load_image(seen).mean() == pytest.approx(127.5, abs=2)
+    assert Path(out[-1][1]).name.startswith("deep_")
 
 
 # ---------------------------------------------------------------- end to end over HTTP
