@@ -239,10 +239,10 @@ def build_demo(pipeline=None, *, checkpoint=serving.DEFAULT_CHECKPOINT, examples
                                 label="Examples (click one, then Generate)")
                 else:
                     gr.Markdown("No examples yet (put `portrait_<name>.png` + `speech_<name>.wav` in assets/examples).")
-                steps, cfg_mode, alpha, beta, seed, clip_frames, shift, max_seconds = sampling_inputs()
-                with gr.Row():
+                with gr.Row():  # above the settings: portrait, speech, an example, Generate
                     generate = gr.Button("Generate", variant="primary")
                     stop = gr.Button("Stop generating", variant="stop")
+                steps, cfg_mode, alpha, beta, seed, clip_frames, shift, max_seconds = sampling_inputs()
             live, final, info = output_column(can_stream)
         api_only = gr.Button(visible=False)  # the non-streaming endpoint has no button of its own
 
