@@ -267,33 +267,36 @@ def find_examples(folder) -> list[tuple[str, str]]:
 
 
 # ---------------------------------------------------------------- checks as the visitor works
-def portrait_note(path) -> str:
-    """A line under the portrait right after upload: what is wrong with it, or empty when it is fine."""
+def _read_upload(read: Callable, payload):
+    """(read(path), None) for an upload, (None, a warning line) when `read` refuses it, (None, "") for none."""
+    path = file_path(payload)
+    if not path:
+        return None, ""
+    try:
+        return read(path), None
+    except InputError as e:
+        return None, f"⚠️ {str(e)[0].upper()}{str(e)[1:]}."
+
+
+def portrait_note(payload) -> str:
+    """A line under the portrait right after upload: what is wrong with it, or its size when it is fine."""
     from .face import prepare_portrait
     from .image import load_image
 
-    path = file_path(path)
-    if not path:
-        return ""
-    try:
-        rgb = load_image(path)
-    except InputError as e:
-        return f"⚠️ {str(e)[0].upper()}{str(e)[1:]}."
+    rgb, refused = _read_upload(load_image, payload)
+    if rgb is None:
+        return refused
     _, warnings = prepare_portrait(rgb, (128, 128))
     return "⚠️ " + " ".join(warnings) if warnings else f"Portrait {rgb.shape[1]}×{rgb.shape[0]} ✓"
 
 
-def audio_note(path, max_seconds: float) -> str:
+def audio_note(payload, max_seconds: float) -> str:
     """A line under the audio right after upload or recording: its length, or what is wrong with it."""
     from .media import audio_duration
 
-    path = file_path(path)
-    if not path:
-        return ""
-    try:
-        seconds = audio_duration(path)
-    except InputError as e:
-        return f"⚠️ {str(e)[0].upper()}{str(e)[1:]}."
+    seconds, refused = _read_upload(audio_duration, payload)
+    if seconds is None:
+        return refused
     if seconds > max_seconds:
         return f"⚠️ {seconds:.1f} s of audio: over the {max_seconds:g}-s limit. Trim it or raise the maximum duration."
     return f"{seconds:.1f} s of speech ✓"
