@@ -24,6 +24,8 @@ from .config import FPS, SAMPLE_RATE, PipelineConfig, SamplingConfig, check_valu
 from .errors import InputError
 from .memo import Memo
 
+PHOTO_SIZE = 256  # photo mode's output side, pixels (256-512; 256 keeps the warp within real time on a CPU)
+
 
 @dataclass
 class VideoChunk:
@@ -226,8 +228,6 @@ class TalkingHeadPipeline:
         settings = self.settings(settings, **given)
         if settings.mode != "read":
             raise InputError("REST streaming mode is not available in this version; use mode='read'")
-        if settings.render == "photo":
-            raise InputError("photo mode is not available in this version; use render='diffusion'")
         if seed is not None:
             seed = check_value("seed", seed)
         # 2. Speech in (checked here, before any model work)
@@ -236,16 +236,59 @@ class TalkingHeadPipeline:
             raise InputError(f"the audio is {speech_in.seconds:.1f} s long; the limit is {self.config.max_seconds:g} s")
         num_frames = max(1, round(speech_in.seconds * FPS))
         timings: dict = {}
-        chunks = self._generate(image, speech_in, num_frames, settings, generator, seed, progress, callback_on_step_end,
-                                timings)
+        renderer, notes = self._photo_renderer(image, settings.render)
+        driver = image if renderer is None else self._photo_driver()
+        chunks = self._generate(driver, speech_in, num_frames, settings, generator, seed, progress, callback_on_step_end,
+                                timings, notes)
+        if renderer is not None:
+            chunks = self._photo_chunks(chunks, renderer, timings)
         return VideoStream(chunks, timings, settings, num_frames)
 
+    # ---------------------------------------------------------------- photo mode
+    def _photo_renderer(self, image, render: str):
+        """(PhotoRenderer or None, notes): photo mode for a real photo (`render="auto"`, decided by
+        `photo.is_photo`) or when asked for; a photo without a usable face falls back to the
+        diffusion render with a note saying why."""
+        if render == "diffusion" or image is None:
+            return None, []
+        from . import photo
+
+        rgb = image_io.load_image(image) if isinstance(image, (str, Path)) else image_io.to_rgb8(np.asarray(image))
+        if render == "auto" and not photo.is_photo(rgb):
+            return None, []
+        try:
+            return photo.PhotoRenderer(image_io.limit_size(rgb), size=PHOTO_SIZE), []
+        except InputError as e:
+            return None, [f"Photo mode: {e} The portrait is rendered by the diffusion model instead."]
+
+    def _photo_driver(self) -> np.ndarray:
+        """The synthetic driver portrait READ animates in photo mode (its motion drives the photo)."""
+        from .photo import driver_portrait
+
+        return driver_portrait()
+
+    def _photo_chunks(self, chunks, renderer, timings: dict):
+        """Driver chunks -> the photo's chunks: per frame, the motion reader's mouth, blink and head
+        parameters warp the photo (same frames, same audio)."""
+        import dataclasses
+
+        from .photo import MotionReader
+
+        self._motion_reader = getattr(self, "_motion_reader", None) or MotionReader.load()
+        for chunk in chunks:
+            t0 = time.perf_counter()
+            motion = self._motion_reader.read(chunk.frames, start_frame=chunk.start_frame)
+            frames = renderer.render(motion)
+            timings["photo"] = timings.get("photo", 0.0) + time.perf_counter() - t0
+            yield dataclasses.replace(chunk, frames=frames)
+
     @torch.no_grad()
-    def _generate(self, image, speech_in, num_frames, settings, generator, seed, progress, callback, timings):
+    def _generate(self, image, speech_in, num_frames, settings, generator, seed, progress, callback, timings,
+                  notes=()):
         t_start = time.perf_counter()
         # 3. Portrait -> reference latent z_R
         x_ref, _, warnings = self.preprocess_image(image)
-        warnings = speech_in.warnings + warnings
+        warnings = speech_in.warnings + list(notes) + warnings
         z_ref = self.encode_reference(x_ref)  # (1, C, 1, h, w)
         t1 = time.perf_counter()
         # 4. Speech -> codes, on the latent grid of whole clips

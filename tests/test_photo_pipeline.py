@@ -1,0 +1,43 @@
+"""Photo mode through the pipeline: render="auto" decides per portrait; a face-less photo falls back."""
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+
+from pipeline.media import load_speech
+
+HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+EXAMPLE = Path(__file__).resolve().parents[1] / "assets" / "examples" / "portrait_0.png"
+FAST = dict(num_inference_steps=1, cfg_mode="joint", progress=False)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    from pipeline import TalkingHeadPipeline
+
+    return TalkingHeadPipeline.from_pretrained(Path(__file__).resolve().parents[1] / "assets" / "model")
+
+
+@pytest.fixture(scope="module")
+def speech():
+    return load_speech(str(Path(__file__).resolve().parents[1] / "assets" / "examples" / "speech_0.wav"))
+
+
+def test_auto_animates_a_real_photo_and_diffuses_the_synthetic_domain(shipped, speech):
+    photo = shipped(str(HOPPER), speech, **FAST)
+    synthetic = shipped(str(EXAMPLE), speech, **FAST)
+    assert photo.frames.shape[1:] == (256, 256, 3) and synthetic.frames.shape[1:] == (128, 128, 3)
+    assert len(photo.frames) == len(synthetic.frames) == round(speech.seconds * 25)
+    assert np.array_equal(photo.audio, synthetic.audio)
+    forced = shipped(str(HOPPER), speech, render="diffusion", **FAST)
+    assert forced.frames.shape[1:] == (128, 128, 3)
+
+
+def test_a_photo_without_a_face_falls_back_to_diffusion_with_a_note(shipped, speech):
+    sky = np.zeros((300, 300, 3), np.uint8)
+    sky[:] = np.linspace(80, 200, 300)[:, None, None].astype(np.uint8)
+    out = shipped(sky + np.random.default_rng(0).integers(0, 20, sky.shape, dtype=np.uint8), speech,
+                  render="photo", **FAST)
+    assert out.frames.shape[1:] == (128, 128, 3)
+    assert any(w.startswith("Photo mode:") and "diffusion model instead" in w for w in out.warnings), out.warnings
