@@ -40,8 +40,11 @@ Upload a portrait (or pick an example), give it speech — a file, your micropho
 for the built-in voice — and press **Generate**. Clips play as soon as they are decoded; the whole
 video appears below when it is done.
 
-**About the default model:** it was trained only on a synthetic cartoon-face domain. Photos of
-real people are outside what it learned, so expect poor results on them.
+**About the default model:** its diffusion model was trained only on a synthetic cartoon-face
+domain, which it renders itself. A **photo of a real person** is animated in *photo mode*: READ
+generates the talking motion on a synthetic driver face, and that motion (mouth, blinks, head)
+drives a warp of your photo — the diffusion model does not draw photos until it has real-data
+weights. "Render" under Advanced chooses (Auto decides per portrait).
 The default settings ({STEPS} steps, {CFG_MODE} CFG, α = {ALPHA:g}) are cheaper than the paper's
 (8 steps, Split CFG, α = 2, β = 6) so that generation keeps up with real time on a CPU.
 """
@@ -190,9 +193,11 @@ def sampling_inputs():
         shift = gr.Slider(*sup.slider_range("shift"), value=SHIFT, step=0.1, label="Schedule shift")
         max_seconds = gr.Slider(*sup.slider_range("max_seconds"), value=MAX_SECONDS, step=1,
                                 label="Maximum duration (s)")
+        render = gr.Radio(list(sup.RENDER_CHOICES), value="Auto", label="Render",
+                          info="Auto: photo mode for a real photo, the diffusion model for the synthetic domain")
     dice.click(lambda: random.randint(*sup.slider_range("seed")), None, seed, api_visibility="private")
     cfg_mode.change(lambda m: gr.update(interactive=m == "Split"), cfg_mode, beta, api_visibility="private")
-    return steps, cfg_mode, alpha, beta, seed, clip_frames, shift, max_seconds
+    return steps, cfg_mode, alpha, beta, seed, clip_frames, shift, max_seconds, render
 
 
 def output_column(can_stream: bool):
@@ -242,12 +247,12 @@ def build_demo(pipeline=None, *, checkpoint=serving.DEFAULT_CHECKPOINT, examples
                 with gr.Row():  # above the settings: portrait, speech, an example, Generate
                     generate = gr.Button("Generate", variant="primary")
                     stop = gr.Button("Stop generating", variant="stop")
-                steps, cfg_mode, alpha, beta, seed, clip_frames, shift, max_seconds = sampling_inputs()
+                steps, cfg_mode, alpha, beta, seed, clip_frames, shift, max_seconds, render = sampling_inputs()
             live, final, info = output_column(can_stream)
         api_only = gr.Button(visible=False)  # the non-streaming endpoint has no button of its own
 
         inputs = [image, source, audio, text, voice, rate, steps, cfg_mode, alpha, beta, seed, clip_frames, shift,
-                  max_seconds]
+                  max_seconds, render]
         run = generate.click(handlers.start, None, started, queue=False, api_visibility="private").then(
             with_ui_signature(handlers.stream, ("started",)), [*inputs, started], [live, final, info],
             api_name="generate", preprocess=False)

@@ -32,10 +32,11 @@ RATE = 165  # words per minute
 # The app's inputs, in the order of the UI components and of the API endpoints' parameters.
 # The API names them so (`steps` is the pipeline's `num_inference_steps`).
 UI_FIELDS = ("image", "source", "audio", "text", "voice", "rate", "steps", "cfg_mode", "alpha", "beta", "seed",
-             "clip_latent_frames", "shift", "max_seconds")
+             "clip_latent_frames", "shift", "max_seconds", "render")
 UI_DEFAULTS = dict(APP_SETTINGS, steps=APP_SETTINGS["num_inference_steps"], source=SOURCE_AUDIO, text="",
                    voice=VOICE, rate=RATE, seed=0, max_seconds=APP_MAX_SECONDS)
-UI_LABELS = {"cfg_mode": "CFG mode", "rate": "Speaking rate", "num_inference_steps": "Steps", "alpha": "α", "beta": "β", "seed": "Seed",
+RENDER_CHOICES = {"Auto": "auto", "Diffusion": "diffusion", "Photo": "photo"}  # UI label -> settings value
+UI_LABELS = {"render": "Render", "cfg_mode": "CFG mode", "rate": "Speaking rate", "num_inference_steps": "Steps", "alpha": "α", "beta": "β", "seed": "Seed",
              "clip_latent_frames": "Clip length", "shift": "Schedule shift", "max_seconds": "Maximum duration"}
 
 
@@ -68,7 +69,8 @@ class GenerationRequest:
              for k in UI_FIELDS}
         v["num_inference_steps"] = v.pop("steps")
         v["image"], v["audio"] = file_path(v["image"]), file_path(v["audio"])
-        v.update({k: named.get(k) or APP_SETTINGS[k] for k in ("mode", "render")})  # no control of their own yet
+        v["mode"] = named.get("mode") or APP_SETTINGS["mode"]  # no control of its own yet
+        v["render"] = RENDER_CHOICES.get(v["render"], v["render"])
         if v["image"] is None:
             raise InputError("No portrait. Upload an image or pick one of the examples.")
         if v["source"] not in (SOURCE_AUDIO, SOURCE_TEXT):
