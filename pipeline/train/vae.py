@@ -105,7 +105,8 @@ def parse_args(argv=None):
     p.add_argument("--frames", type=int, default=17, help="frames per video window (1 + 8k)")
     p.add_argument("--image-batch", type=int, default=0, help="single frames per step (0: 4x --batch-size)")
     p.add_argument("--image-steps", type=int, default=600, help="first steps on single frames only")
-    p.add_argument("--image-weight", type=float, default=1.0, help="weight of the single-frame loss")
+    p.add_argument("--image-weight", type=float, default=1.0,
+                   help="weight of the single-frame loss after the image phase (0: video windows only, the old recipe)")
     p.add_argument("--video-every", type=int, default=1, help="after the image phase, a video batch every N steps")
     p.add_argument("--mouth-weight", type=float, default=1.0)
     p.add_argument("--l1-weight", type=float, default=0.2)
@@ -152,9 +153,9 @@ class VAEData:
 
     def batch(self, rand):
         """(single frames, masks, openness) and, after the image phase, a video batch too (else None)."""
-        a = self.args
-        images = sample_batch(self.clips, a.image_batch, 1, rand.np)
-        video = rand.step >= a.image_steps and rand.step % a.video_every == 0
+        a, image_phase = self.args, rand.step < self.args.image_steps
+        images = sample_batch(self.clips, a.image_batch, 1, rand.np) if image_phase or a.image_weight else None
+        video = not image_phase and (rand.step % a.video_every == 0 or images is None)
         return images, sample_batch(self.clips, a.batch_size, a.frames, rand.np) if video else None
 
 
@@ -169,11 +170,13 @@ def main(argv=None):
 
     def loss(module, b):
         images, video = b
-        total, row = reconstruction_loss(module, *images, args)
-        total = args.image_weight * total
+        total, row = 0.0, {}
+        if images is not None:  # single frames (one-frame videos): full weight in the image phase
+            total, row = reconstruction_loss(module, *images, args)
+            total = total * (args.image_weight if video is not None else 1.0)
         if video is not None:
             vloss, vrow = reconstruction_loss(module, *video, args)
-            total, row = total + vloss, vrow | {"image_l1": row["l1"]}
+            total, row = total + vloss, vrow | ({"image_l1": row["l1"]} if row else {})
         return total, row
 
     final = ema if ema is not None else vae
