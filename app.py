@@ -2,6 +2,7 @@
 
     python app.py                      # http://127.0.0.1:7860 with the model in assets/model
     python app.py --checkpoint runs/my_model --host 0.0.0.0 --port 8080 --share
+    python app.py --study studies/pilot  # plus a Study tab for a user study (docs/STUDY.md)
 
 This file only builds the UI. Requests become one `GenerationRequest` (checked there) and run through
 `app_support.generate` over the pipeline's `stream`; the shared pipeline, devices, defaults and the
@@ -13,6 +14,7 @@ import argparse
 import inspect
 import random
 import shutil
+import sys
 import threading
 import time
 
@@ -220,9 +222,10 @@ def wire_notes(image, image_note, audio, audio_note, text, text_note, rate, max_
 
 
 def build_demo(pipeline=None, *, checkpoint=serving.DEFAULT_CHECKPOINT, examples_dir=EXAMPLES_DIR,
-               queue: dict | None = None) -> gr.Blocks:
+               queue: dict | None = None, study=None, study_token: str | None = None) -> gr.Blocks:
     """The UI. `pipeline`: a pipeline-like object (has `stream`), a zero-argument factory that
-    makes one, or None for the saved model at `checkpoint`. Nothing is loaded here."""
+    makes one, or None for the saved model at `checkpoint`. Nothing is loaded here. `study`: a
+    study file or folder adds the Study tab (admin `study_token`); raises `InputError` if it is bad."""
     if pipeline is None:
         pipeline = serving.pretrained_factory(checkpoint)
     factory = (lambda: pipeline) if hasattr(pipeline, "stream") else pipeline
@@ -265,6 +268,10 @@ def build_demo(pipeline=None, *, checkpoint=serving.DEFAULT_CHECKPOINT, examples
         to_audio = lambda a: gr.update(value=SOURCE_AUDIO) if a else gr.skip()  # noqa: E731
         for event in (audio.upload, audio.stop_recording):  # the visitor's own audio, not an example's
             event(to_audio, audio, source, api_visibility="private")
+        if study is not None:  # `--study`: the Study tab (pipeline/study, docs/STUDY.md); none without it
+            from pipeline.study.ui import build_study_tab
+
+            build_study_tab(study, token=study_token)
     demo.queue(**(queue or CPU_QUEUE))
     return demo
 
@@ -277,6 +284,8 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint", default=str(serving.DEFAULT_CHECKPOINT), help="saved pipeline folder")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: all cores but one)")
     p.add_argument("--no-warmup", action="store_true", help="load the model on the first request instead")
+    p.add_argument("--study", help="user-study file or folder: adds a Study tab (docs/STUDY.md)")
+    p.add_argument("--study-token-file", help="file holding the study's admin token (default: $READ_STUDY_TOKEN)")
     return p.parse_args(argv)
 
 
@@ -294,7 +303,15 @@ def main(argv=None):
     gpu = serving.has_gpu()
     if not gpu:
         serving.set_cpu_threads(args.threads)
-    demo = build_demo(checkpoint=args.checkpoint, queue=GPU_QUEUE if gpu else CPU_QUEUE)
+    try:
+        from pipeline.study.service import read_token
+
+        token = read_token(args.study_token_file) if args.study else None
+        demo = build_demo(checkpoint=args.checkpoint, queue=GPU_QUEUE if gpu else CPU_QUEUE, study=args.study,
+                          study_token=token)
+    except InputError as e:  # a bad study file, or its videos not rendered yet
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     cache = demo.handlers.cache
     if serving.on_zero_gpu():
         cache.get()  # ZeroGPU wants the model created at startup (it moves it to the GPU per call)

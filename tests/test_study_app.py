@@ -247,3 +247,22 @@ def test_the_browser_keeps_the_session_under_a_key_that_survives_restarts(tmp_pa
     a = ready_study(tmp_path / "a")
     assert browser_state(a) == browser_state(a)  # a second server process on the same study: same key
     assert browser_state(ready_study(tmp_path / "b"))[1] != browser_state(a)[1]  # another study: another key
+
+
+def test_app_has_a_study_tab_only_with_a_study(tmp_path):
+    import app
+
+    def api_names(demo):
+        return {d.api_name for d in demo.fns.values() if d.api_name}
+
+    never = lambda: pytest.fail("building the UI must not load a model")  # noqa: E731
+    plain = app.build_demo(never, examples_dir=tmp_path)
+    assert not {"study_start", "study_rate", "study_admin"} & api_names(plain)
+    with_study = app.build_demo(never, examples_dir=tmp_path, study=ready_study(tmp_path / "s"), study_token=TOKEN)
+    assert {"generate", "study_start", "study_rate", "study_admin"} <= api_names(with_study)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "study.toml").write_text("[[stimuli]]\nid = 's1'\n")
+    proc = subprocess.run([sys.executable, "app.py", "--study", str(bad), "--no-warmup"], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "study.toml has" in proc.stderr and "Traceback" not in proc.stderr
