@@ -28,6 +28,13 @@ def _mask(shape, poly: np.ndarray) -> np.ndarray:
     return m.astype(np.float32) / 255
 
 
+def _soft(mask: np.ndarray) -> np.ndarray:
+    """Soften a mask's edge by ~1 px (teeth and tongue have no hard outline)."""
+    import cv2
+
+    return cv2.GaussianBlur(mask, (0, 0), 0.7)
+
+
 def paint_mouth(img: np.ndarray, moved: np.ndarray, B: float, lip_colour, bright: float, openness: float) -> None:
     """Paint the opening between the moved inner lips into img (S, S, 3) uint8, in place.
 
@@ -52,18 +59,18 @@ def paint_mouth(img: np.ndarray, moved: np.ndarray, B: float, lip_colour, bright
     centre, u = (moved[61] + moved[291]) / 2, moved[291] - moved[61]
     half = max(np.linalg.norm(u) / 2, 1.0)
     ax = ((xs - centre[0]) * u[0] + (ys - centre[1]) * u[1]) / (2 * half * half)  # -1 .. 1 along the mouth
-    cavity = np.asarray(lip_colour, np.float32) * 0.2 * (1 - 0.5 * np.clip(np.abs(ax), 0, 1) ** 2)[..., None]
+    cavity = np.asarray(lip_colour, np.float32) * 0.32 * (1 - 0.45 * np.clip(np.abs(ax), 0, 1) ** 2)[..., None]
     layer = np.broadcast_to(cavity, region.shape).copy()
     mid = slice(2, 9)  # teeth and tongue over the middle ~70 % of the opening
     down = (lo - up) / np.maximum(gap, 1e-6)[:, None]  # unit vectors upper -> lower lip
     t = np.minimum(0.17 * B, 0.8 * gap)[mid, None]
-    teeth = _mask(shape, np.vstack([up[mid], (up[mid] + down[mid] * t)[::-1]]) - off)
-    fade = np.clip(1 - np.abs(ax) ** 4, 0, 1) * teeth  # teeth fade at the corners
-    shade = 1 - 0.25 * np.clip(np.abs(ax), 0, 1)
+    teeth = _soft(_mask(shape, np.vstack([up[mid], (up[mid] + down[mid] * t)[::-1]]) - off))
+    fade = np.clip(1 - np.abs(ax) ** 3, 0, 1) * teeth  # teeth fade into shadow at the corners
+    shade = 1 - 0.3 * np.clip(np.abs(ax), 0, 1)
     layer += fade[..., None] * (TEETH * bright * shade[..., None] - layer)
-    g = np.minimum(0.2 * B, 0.5 * gap)[mid, None]
-    tongue = _mask(shape, np.vstack([lo[mid], (lo[mid] - down[mid] * g)[::-1]]) - off)
-    layer += (0.85 * tongue)[..., None] * (TONGUE * bright - layer)
+    g = np.minimum(0.14 * B, 0.35 * gap)[mid, None]
+    tongue = _soft(_mask(shape, np.vstack([lo[mid], (lo[mid] - down[mid] * g)[::-1]]) - off))
+    layer += (0.7 * tongue)[..., None] * (TONGUE * bright - layer)
     img[y0:y1, x0:x1] = np.clip(region + inside * (layer - region) + 0.5, 0, 255).astype(np.uint8)
 
 
