@@ -221,6 +221,41 @@ def wire_notes(image, image_note, audio, audio_note, text, text_note, rate, max_
         event(sup.text_note, [text, rate, max_seconds], text_note, api_visibility="private")
 
 
+def generate_tab(handlers: Handlers, examples: list, can_stream: bool) -> None:
+    """Portrait, speech, examples, Generate / Stop, settings; the live and whole video; the events."""
+    started = gr.State(None)  # the click's time and this request's folder (Handlers.start)
+    with gr.Row(equal_height=False):
+        with gr.Column():
+            image = portrait_input(label="Portrait", sources=["upload", "clipboard"], height=256)
+            image_note = gr.Markdown("", elem_id="portrait-note")
+            source, audio, audio_note, text_group, text, text_note, voice, rate = speech_inputs()
+            if examples:  # right under the inputs: on a phone the columns stack, outputs come after
+                gr.Examples(examples=[[img, wav] for img, wav in examples], inputs=[image, audio],
+                            label="Examples (click one, then Generate)")
+            else:
+                gr.Markdown("No examples yet (put `portrait_<name>.png` + `speech_<name>.wav` in assets/examples).")
+            with gr.Row():  # above the settings: portrait, speech, an example, Generate
+                generate = gr.Button("Generate", variant="primary")
+                stop = gr.Button("Stop generating", variant="stop")
+            steps, cfg_mode, alpha, beta, seed, clip_frames, shift, max_seconds, render = sampling_inputs()
+        live, final, info = output_column(can_stream)
+    api_only = gr.Button(visible=False)  # the non-streaming endpoint has no button of its own
+    inputs = [image, source, audio, text, voice, rate, steps, cfg_mode, alpha, beta, seed, clip_frames, shift,
+              max_seconds, render]
+    run = generate.click(handlers.start, None, started, queue=False, api_visibility="private").then(
+        with_ui_signature(handlers.stream, ("started",)), [*inputs, started], [live, final, info],
+        api_name="generate", preprocess=False)
+    stop.click(handlers.stopped, started, [final, info], cancels=[run], api_visibility="private")
+    api_only.click(with_ui_signature(handlers.video), inputs, [final, info], api_name="generate_video",
+                   preprocess=False)
+    wire_notes(image, image_note, audio, audio_note, text, text_note, rate, max_seconds)
+    show = lambda s: (gr.update(visible=s == SOURCE_AUDIO), gr.update(visible=s == SOURCE_TEXT))  # noqa: E731
+    source.change(show, source, [audio, text_group], api_visibility="private")
+    to_audio = lambda a: gr.update(value=SOURCE_AUDIO) if a else gr.skip()  # noqa: E731
+    for event in (audio.upload, audio.stop_recording):  # the visitor's own audio, not an example's
+        event(to_audio, audio, source, api_visibility="private")
+
+
 def build_demo(pipeline=None, *, checkpoint=serving.DEFAULT_CHECKPOINT, examples_dir=EXAMPLES_DIR,
                queue: dict | None = None, study=None, study_token: str | None = None) -> gr.Blocks:
     """The UI. `pipeline`: a pipeline-like object (has `stream`), a zero-argument factory that
@@ -236,38 +271,8 @@ def build_demo(pipeline=None, *, checkpoint=serving.DEFAULT_CHECKPOINT, examples
     with gr.Blocks(title="READ talking head", delete_cache=(3600, 3600)) as demo:
         demo.handlers = handlers  # for tests and `main` (warm-up)
         gr.Markdown(ABOUT)
-        started = gr.State(None)  # the click's time and this request's folder (Handlers.start)
-        with gr.Row(equal_height=False):
-            with gr.Column():
-                image = portrait_input(label="Portrait", sources=["upload", "clipboard"], height=256)
-                image_note = gr.Markdown("", elem_id="portrait-note")
-                source, audio, audio_note, text_group, text, text_note, voice, rate = speech_inputs()
-                if examples:  # right under the inputs: on a phone the columns stack, outputs come after
-                    gr.Examples(examples=[[img, wav] for img, wav in examples], inputs=[image, audio],
-                                label="Examples (click one, then Generate)")
-                else:
-                    gr.Markdown("No examples yet (put `portrait_<name>.png` + `speech_<name>.wav` in assets/examples).")
-                with gr.Row():  # above the settings: portrait, speech, an example, Generate
-                    generate = gr.Button("Generate", variant="primary")
-                    stop = gr.Button("Stop generating", variant="stop")
-                steps, cfg_mode, alpha, beta, seed, clip_frames, shift, max_seconds, render = sampling_inputs()
-            live, final, info = output_column(can_stream)
-        api_only = gr.Button(visible=False)  # the non-streaming endpoint has no button of its own
-
-        inputs = [image, source, audio, text, voice, rate, steps, cfg_mode, alpha, beta, seed, clip_frames, shift,
-                  max_seconds, render]
-        run = generate.click(handlers.start, None, started, queue=False, api_visibility="private").then(
-            with_ui_signature(handlers.stream, ("started",)), [*inputs, started], [live, final, info],
-            api_name="generate", preprocess=False)
-        stop.click(handlers.stopped, started, [final, info], cancels=[run], api_visibility="private")
-        api_only.click(with_ui_signature(handlers.video), inputs, [final, info], api_name="generate_video",
-                       preprocess=False)
-        wire_notes(image, image_note, audio, audio_note, text, text_note, rate, max_seconds)
-        show = lambda s: (gr.update(visible=s == SOURCE_AUDIO), gr.update(visible=s == SOURCE_TEXT))  # noqa: E731
-        source.change(show, source, [audio, text_group], api_visibility="private")
-        to_audio = lambda a: gr.update(value=SOURCE_AUDIO) if a else gr.skip()  # noqa: E731
-        for event in (audio.upload, audio.stop_recording):  # the visitor's own audio, not an example's
-            event(to_audio, audio, source, api_visibility="private")
+        with gr.Tab("Generate"):
+            generate_tab(handlers, examples, can_stream)
         if study is not None:  # `--study`: the Study tab (pipeline/study, docs/STUDY.md); none without it
             from pipeline.study.ui import build_study_tab
 
