@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import face, image as image_io, media, sampler, scheduler, speech
+from . import face, image as image_io, media, rest, sampler, scheduler, speech
 from . import vae as vae_lib
 from .config import FPS, SAMPLE_RATE, PipelineConfig, SamplingConfig, check_value, get_preset, resolve_settings
 from .errors import InputError
@@ -226,20 +226,25 @@ class TalkingHeadPipeline:
         """
         # 1. Resolve and check the settings
         settings = self.settings(settings, **given)
-        if settings.mode != "read":
-            raise InputError("REST streaming mode is not available in this version; use mode='read'")
         if seed is not None:
             seed = check_value("seed", seed)
-        # 2. Speech in (checked here, before any model work)
-        speech_in = audio if isinstance(audio, media.Speech) else self.load_speech(audio, max_seconds)
-        if speech_in.seconds > self.config.max_seconds:
+        # 2. Speech in (checked here, before any model work); REST has no length limit
+        if isinstance(audio, media.Speech):
+            speech_in = audio
+        else:
+            speech_in = media.load_speech(audio, max_seconds=max_seconds) if settings.mode == "rest" else \
+                self.load_speech(audio, max_seconds)
+        if speech_in.seconds > self.config.max_seconds and settings.mode == "read":
             raise InputError(f"the audio is {speech_in.seconds:.1f} s long; the limit is {self.config.max_seconds:g} s")
         num_frames = max(1, round(speech_in.seconds * FPS))
         timings: dict = {}
         renderer, notes = self._photo_renderer(image, settings.render)
         driver = image if renderer is None else self._photo_driver()
-        chunks = self._generate(driver, speech_in, num_frames, settings, generator, seed, progress, callback_on_step_end,
-                                timings, notes)
+        if settings.mode == "rest":  # chunk-wise under the ID-Context cache (docs/STREAMING.md)
+            chunks = self._rest_chunks(driver, speech_in, settings, generator, seed, timings, notes)
+        else:
+            chunks = self._generate(driver, speech_in, num_frames, settings, generator, seed, progress,
+                                    callback_on_step_end, timings, notes)
         if renderer is not None:
             chunks = self._photo_chunks(chunks, renderer, timings)
         return VideoStream(chunks, timings, settings, num_frames)
@@ -281,6 +286,37 @@ class TalkingHeadPipeline:
             frames = renderer.render(motion)
             timings["photo"] = timings.get("photo", 0.0) + time.perf_counter() - t0
             yield dataclasses.replace(chunk, frames=frames)
+
+    def open_stream(self, image, *, settings: SamplingConfig | None = None, generator: torch.Generator | None = None,
+                    seed: int | None = None, rest_settings: rest.RestSettings | None = None, **given) -> rest.LiveStream:
+        """REST: a live session for speech that arrives in blocks (a microphone). The portrait is
+        encoded and the ID-Sink written now; then `push_audio(samples, sample_rate)` -> `VideoChunk`s
+        and `close()`. `given`: as in `stream`. Raises `InputError` for a bad image, setting or seed."""
+        settings = self.settings(settings, **given)
+        return self._live(image, settings, generator, check_value("seed", seed) if seed is not None else None,
+                          rest_settings)
+
+    @torch.no_grad()
+    def _live(self, image, settings, generator, seed, rest_settings=None, warnings=()) -> rest.LiveStream:
+        from .whisper import load_feature_extractor
+
+        x_ref, _, image_warnings = self.preprocess_image(image)
+        session = rest.RestSession(self.dit, self.speech_ae, self.vae, self.speech.whisper, load_feature_extractor(),
+                                   self.config.speech, self.encode_reference(x_ref), settings,
+                                   rest_settings or rest.RestSettings(),
+                                   generator or torch.Generator().manual_seed(seed if seed is not None else 0))
+        return rest.LiveStream(session, VideoChunk, list(warnings) + image_warnings)
+
+    def _rest_chunks(self, image, speech_in, settings, generator, seed, timings, notes=()):
+        """`stream(mode="rest")`: loaded speech pushed through a live session, 16 frames of audio at a time."""
+        t0 = time.perf_counter()
+        live = self._live(image, settings, generator, seed, warnings=speech_in.warnings + list(notes))
+        x, rate = speech_in.samples, speech_in.sample_rate
+        step = rate * 16 // FPS
+        for i in range(0, len(x) + step, step):
+            for chunk in (live.push_audio(x[i : i + step], rate) if i < len(x) else live.close()):
+                timings.setdefault("first_chunk", time.perf_counter() - t0)
+                yield chunk
 
     @torch.no_grad()
     def _generate(self, image, speech_in, num_frames, settings, generator, seed, progress, callback, timings,

@@ -158,3 +158,29 @@ class RestSession:
                 n = (c.start_frame + keep) * c.sample_rate // FPS - c.start_frame * c.sample_rate // FPS
                 out.append(FrameChunk(c.start_frame, c.frames[:keep], c.audio[:n], c.sample_rate))
         return out
+
+
+class LiveStream:
+    """What `TalkingHeadPipeline.open_stream` returns: `push_audio(samples, sample_rate)` gives the
+    chunks that are final, `close()` the rest, each built by `make_chunk(index, num_chunks, frames,
+    audio, start_frame, sample_rate, warnings=...)` (the pipeline's `VideoChunk`; num_chunks is 0:
+    a live stream's length is not known). The first chunk carries `warnings`."""
+
+    def __init__(self, session: RestSession, make_chunk, warnings=()):
+        self.session, self.make_chunk, self._warnings, self._index = session, make_chunk, list(warnings), 0
+
+    def _wrap(self, chunks: list[FrameChunk]) -> list:
+        out = []
+        for c in chunks:
+            out.append(self.make_chunk(self._index, 0, c.frames, c.audio, c.start_frame, c.sample_rate,
+                                       warnings=self._warnings))
+            self._warnings, self._index = [], self._index + 1
+        return out
+
+    def push_audio(self, samples, sample_rate: int) -> list:
+        """A block (T,) or (T, channels), float or integer PCM, at one rate for the whole stream."""
+        return self._wrap(self.session.push_audio(samples, sample_rate))
+
+    def close(self) -> list:
+        """End of the speech: the remaining chunks; the video has round(duration x 25) frames."""
+        return self._wrap(self.session.close())

@@ -209,3 +209,17 @@ def test_audio_spans_tile_the_pushed_samples_at_any_rate():
     got = np.concatenate(parts)
     assert got.shape == (54 * 44100 // 25, 2) and np.array_equal(got[: len(x)], x / np.float32(32767))
     assert not got[len(x):].any() and len(spans.buf) == 0
+
+
+def test_pipeline_rest_mode_equals_a_live_session(small_pipe, speech_wav, portrait):
+    """`stream(mode="rest")` and `open_stream` + `push_audio` give the same video (same seed, other
+    blocks), round(duration x 25) frames, and the caller's audio for exactly those frames."""
+    import numpy as np
+
+    out = small_pipe(portrait, (16000, speech_wav), mode="rest", seed=3)
+    assert len(out.frames) == round(len(speech_wav) / 640) and len(out.audio) == len(out.frames) * 640
+    live = small_pipe.open_stream(portrait, seed=3)
+    chunks = [c for i in range(0, len(speech_wav), 4800) for c in live.push_audio(speech_wav[i : i + 4800], 16000)]
+    chunks += live.close()
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    assert np.array_equal(np.concatenate([c.frames for c in chunks]), out.frames)
