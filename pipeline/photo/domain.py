@@ -44,3 +44,4 @@ def is_photo(rgb: np.ndarray) -> bool:
     photo renderer over the diffusion render.
     """
     return median_detail(rgb) >= DETAIL_MIN
+

@@ -192,6 +192,35 @@ def end_to_end(checkpoint: str, wav_path: str = "assets/examples/speech_2.wav", 
             "total_rtf_cpu": (t2 - t0) / seconds}
 
 
+def _jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", rgb[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1]
+
+
+def domain_table() -> None:
+    """Print the median detail (``domain.median_detail``) of the synthetic and photo sets behind
+    ``is_photo``'s threshold (the table in ``domain.py``)."""
+    import cv2
+    from skimage import data
+
+    from ..data.synthetic import render_portrait
+    from .domain import DETAIL_MIN, median_detail
+
+    gh, astro = grace_hopper(), data.astronaut()
+    photos = {"grace_hopper": gh, "astronaut": astro, "cat": data.chelsea(), "coffee": data.coffee(),
+              "gh_grey": np.repeat(gh.mean(-1, keepdims=True), 3, -1).astype(np.uint8),
+              "gh_blur2": cv2.GaussianBlur(gh, (0, 0), 2), "astro_blur3": cv2.GaussianBlur(astro, (0, 0), 3),
+              "gh_128px": cv2.resize(gh, (107, 128), interpolation=cv2.INTER_AREA), "astro_jpeg30": _jpeg(astro, 30)}
+    synth = [render_portrait(s, n) for s in range(100, 160) for n in (128, 256)]
+    for name, group in (("generator", synth), ("generator_jpeg90", [_jpeg(x, 90) for x in synth]),
+                        ("generator_jpeg50", [_jpeg(x, 50) for x in synth])):
+        print(f"{name}: max {max(median_detail(x) for x in group):.2f} (photo if >= {DETAIL_MIN})")
+    for name, x in photos.items():
+        print(f"{name}: {median_detail(x):.2f}")
+
+
 def summarise(rows: list[dict]) -> dict:
     keys = [k for k in rows[0] if isinstance(rows[0][k], (int, float))]
     out = {k: float(np.mean([r[k] for r in rows])) for k in keys}
@@ -210,6 +239,7 @@ def main(argv=None):
     p.add_argument("--truth-only", action="store_true", help="skip READ: drive with the ground-truth render only")
     p.add_argument("--seam", default=None, help="save a seam-check picture here")
     p.add_argument("--reader", default=None, help="motion reader weights (default: the shipped ones)")
+    p.add_argument("--domain", action="store_true", help="only print the is_photo measures behind its threshold")
     p.add_argument("--bench", action="store_true", help="only time the renderer, the reader and the whole photo path (CPU time)")
     args = p.parse_args(argv)
     import torch
@@ -222,6 +252,8 @@ def main(argv=None):
     if args.bench:
         print(json.dumps(bench() | end_to_end(args.checkpoint, size=args.size), indent=1))
         return
+    if args.domain:
+        return domain_table()
     renderer = PhotoRenderer(grace_hopper(), args.size)
     reader = MotionReader.load(args.reader) if args.reader else MotionReader.load()
     masks = region_masks(renderer)
