@@ -1,4 +1,5 @@
 """Tiny components built in code (diffusers' get_dummy_components habit): seconds on a CPU."""
+import contextlib
 import numpy as np
 import pytest
 import torch
@@ -58,3 +59,42 @@ def speech_wav():
 def portrait():
     rng = np.random.default_rng(0)
     return (rng.random((90, 70, 3)) * 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- servers and the browser
+CHROMIUM = "/usr/bin/chromium"  # Debian's build; Playwright never downloads one
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served(demo):
+    """Launch a gradio Blocks on 127.0.0.1 for the duration of the block; yields its URL."""
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium through Playwright (skipped where Debian's chromium is not installed)."""
+    import os
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium); the browser test needs it")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

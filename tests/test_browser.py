@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 import app
 from pipeline import media
@@ -15,21 +13,7 @@ from pipeline.config import SAMPLE_RATE
 from .test_app import NEEDS_FFPROBE, TMP, FakePipeline, free_port, other_portrait, shared_server
 from .test_app import serving_threads  # noqa: F401  (autouse fixture)
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]
 PLAYING = "() => [...document.querySelectorAll('video')].some(v => v.currentTime > 0 && !v.paused)"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium); the browser test needs it")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def open_app(browser, url):

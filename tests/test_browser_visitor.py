@@ -11,7 +11,7 @@ from pipeline.config import SAMPLE_RATE
 
 from .test_app import NEEDS_FFPROBE, FakePipeline, examples_dir, free_port, other_portrait
 from .test_app import serving_threads  # noqa: F401  (autouse fixture)
-from .test_browser import browser, open_app  # noqa: F401  (fixture)
+from .test_browser import open_app
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ def fake_server():
 
 
 @NEEDS_FFPROBE
-def test_stop_says_so_and_offers_what_was_made(browser, fake_server, tmp_path):  # noqa: F811
+def test_stop_says_so_and_offers_what_was_made(browser, fake_server, tmp_path):
     fake, url = fake_server
     long = tmp_path / "long.wav"
     media.write_wav(long, 0.1 * np.sin(np.arange(20 * SAMPLE_RATE, dtype=np.float32) / 10))
@@ -46,7 +46,7 @@ def test_stop_says_so_and_offers_what_was_made(browser, fake_server, tmp_path): 
     page.close()
 
 
-def test_text_mode_examples_bad_uploads_and_speaking_time(browser, fake_server, tmp_path):  # noqa: F811
+def test_text_mode_examples_bad_uploads_and_speaking_time(browser, fake_server, tmp_path):
     _, url = fake_server
     page = open_app(browser, url)
     page.get_by_label("Type text").check()
@@ -66,7 +66,7 @@ def test_text_mode_examples_bad_uploads_and_speaking_time(browser, fake_server, 
     page.close()
 
 
-def test_on_a_phone_the_examples_come_right_after_the_inputs(browser, fake_server):  # noqa: F811
+def test_on_a_phone_the_examples_come_right_after_the_inputs(browser, fake_server):
     _, url = fake_server
     page = browser.new_page(viewport={"width": 390, "height": 844})
     page.goto(url)

@@ -8,7 +8,6 @@ request.
 """
 from __future__ import annotations
 
-import socket
 import tempfile
 from pathlib import Path
 
@@ -18,31 +17,19 @@ import soundfile as sf
 import app
 from pipeline import media
 from pipeline.config import FPS
+from tests.conftest import served
 from tests.test_media import CATALOGUE, VOICE, _pil, portrait, voice
 
 pytestmark = pytest.mark.slow
 GENERIC = "raised an exception"  # gradio's text for an exception that is not a gr.Error
-
-# Kinds the loader reads but gradio's image component opens with PIL before the pipeline sees the
-# file: the app must hand the pipeline the uploaded file untouched (app.portrait_input).
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(small_pipe, tmp_path_factory):
     """One app over the small random-weights pipeline for the whole module."""
     demo = app.build_demo(small_pipe, examples_dir=tmp_path_factory.mktemp("no-examples"))
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
+    with served(demo) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

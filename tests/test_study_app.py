@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,13 +26,9 @@ from pipeline.study.ui import build_study_tab
 
 from .test_study import ready_study
 
+from .conftest import free_port, served  # noqa: E402
+
 TOKEN = "test-token-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
@@ -53,12 +48,8 @@ def serving(study_file: Path, token: str | None = TOKEN, busy: tuple | None = No
             gr.Button(visible=False).click(hold, None, gr.Textbox(), api_name="busy")
         build_study_tab(study_file, token=token)
     demo.queue(default_concurrency_limit=1)  # the app's CPU setting: study calls must not wait on it
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        demo.close()
+    with served(demo) as url:
+        yield url
 
 
 def client(url: str):

@@ -1,7 +1,6 @@
 """One participant completes a study through the Study tab in headless Chromium (Debian's, via Playwright)."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
@@ -11,23 +10,10 @@ from pipeline.study.store import Store
 from .test_study import ready_study
 from .test_study_app import serving
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 PLAYING = "() => [...document.querySelectorAll('video')].some(v => v.currentTime > 0 && !v.paused)"
 SRC = "() => [...document.querySelectorAll('video')].map(v => v.src).join(' ')"
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium); the browser test needs it")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def rate_current(page, scores) -> None:
