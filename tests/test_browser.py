@@ -5,6 +5,7 @@ import json
 import time
 
 import numpy as np
+import pytest
 
 import app
 from pipeline import media
@@ -12,6 +13,8 @@ from pipeline.config import SAMPLE_RATE
 
 from .test_app import NEEDS_FFPROBE, TMP, FakePipeline, free_port, other_portrait, shared_server
 from .test_app import serving_threads  # noqa: F401  (autouse fixture)
+
+pytestmark = pytest.mark.slow  # tens of seconds: `python -m pytest -m slow` (and .ci/run) runs it
 
 PLAYING = "() => [...document.querySelectorAll('video')].some(v => v.currentTime > 0 && !v.paused)"
 

@@ -7,6 +7,8 @@ import pytest
 
 from pipeline.media import load_speech
 
+pytestmark = pytest.mark.slow  # tens of seconds: `python -m pytest -m slow` (and .ci/run) runs it
+
 HOPPER = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
 EXAMPLE = Path(__file__).resolve().parents[1] / "assets" / "examples" / "portrait_0.png"
 FAST = dict(num_inference_steps=1, cfg_mode="joint", progress=False)

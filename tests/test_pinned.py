@@ -4,6 +4,8 @@ import pytest
 
 from tests import pinned
 
+pytestmark = pytest.mark.slow  # tens of seconds: `python -m pytest -m slow` (and .ci/run) runs it
+
 
 @pytest.fixture(scope="module")
 def shipped_pipe():

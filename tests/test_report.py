@@ -3,8 +3,11 @@ import dataclasses
 import json
 
 import numpy as np
+import pytest
 
 from pipeline.eval import report
+
+pytestmark = pytest.mark.slow  # tens of seconds: `python -m pytest -m slow` (and .ci/run) runs it
 
 
 def test_report_measures_every_section_and_writes_markdown(small_pipe, tmp_path):

@@ -24,6 +24,7 @@ def _fake_clips(root, n=3, frames=41, seed=0):
                   str(d / "whisper.safetensors"))
 
 
+@pytest.mark.slow
 def test_two_processes_end_with_identical_parameters(tmp_path):
     _fake_clips(tmp_path / "data")
     out = tmp_path / "run"
@@ -78,6 +79,7 @@ def _fake_latent_clips(root, cfg, n=2, n_lat=7, seed=0):
 
 
 @pytest.mark.parametrize("encoder", ["linear", "scratch"])
+@pytest.mark.slow
 def test_dit_ablation_runs_export_pipelines_that_generate(tmp_path, encoder):
     """The SpeechAE / ANS ablations train through the same script and export a pipeline that runs."""
     from pipeline.config import get_preset
@@ -102,6 +104,7 @@ def test_dit_ablation_runs_export_pipelines_that_generate(tmp_path, encoder):
     assert video.frames.shape == (38, 128, 128, 3)
 
 
+@pytest.mark.slow
 def test_dit_finetune_starts_from_the_given_dit_and_speech_ae_and_trains_both(tmp_path):
     """`--speech-encoder finetune --init-dit`: both models start from the given folders, both move;
     `--heldout` logs a loss on clips it does not train on."""
