@@ -197,9 +197,11 @@ def sampling_inputs():
                                 label="Maximum duration (s)")
         render = gr.Radio(list(sup.RENDER_CHOICES), value="Auto", label="Render",
                           info="Auto: photo mode for a real photo, the diffusion model for the synthetic domain")
+    mode = gr.Radio(list(sup.MODE_CHOICES), value="READ", label="Mode",
+                    info="READ: whole clips with motion frames. REST: streaming chunk by chunk (ID-Context cache)")
     dice.click(lambda: random.randint(*sup.slider_range("seed")), None, seed, api_visibility="private")
     cfg_mode.change(lambda m: gr.update(interactive=m == "Split"), cfg_mode, beta, api_visibility="private")
-    return steps, cfg_mode, alpha, beta, seed, clip_frames, shift, max_seconds, render
+    return steps, cfg_mode, alpha, beta, seed, clip_frames, shift, max_seconds, render, mode
 
 
 def output_column(can_stream: bool):
@@ -237,11 +239,11 @@ def generate_tab(handlers: Handlers, examples: list, can_stream: bool) -> None:
             with gr.Row():  # above the settings: portrait, speech, an example, Generate
                 generate = gr.Button("Generate", variant="primary")
                 stop = gr.Button("Stop generating", variant="stop")
-            steps, cfg_mode, alpha, beta, seed, clip_frames, shift, max_seconds, render = sampling_inputs()
+            steps, cfg_mode, alpha, beta, seed, clip_frames, shift, max_seconds, render, mode = sampling_inputs()
         live, final, info = output_column(can_stream)
     api_only = gr.Button(visible=False)  # the non-streaming endpoint has no button of its own
     inputs = [image, source, audio, text, voice, rate, steps, cfg_mode, alpha, beta, seed, clip_frames, shift,
-              max_seconds, render]
+              max_seconds, render, mode]
     run = generate.click(handlers.start, None, started, queue=False, api_visibility="private").then(
         with_ui_signature(handlers.stream, ("started",)), [*inputs, started], [live, final, info],
         api_name="generate", preprocess=False)

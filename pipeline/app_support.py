@@ -32,11 +32,12 @@ RATE = 165  # words per minute
 # The app's inputs, in the order of the UI components and of the API endpoints' parameters.
 # The API names them so (`steps` is the pipeline's `num_inference_steps`).
 UI_FIELDS = ("image", "source", "audio", "text", "voice", "rate", "steps", "cfg_mode", "alpha", "beta", "seed",
-             "clip_latent_frames", "shift", "max_seconds", "render")
+             "clip_latent_frames", "shift", "max_seconds", "render", "mode")
 UI_DEFAULTS = dict(APP_SETTINGS, steps=APP_SETTINGS["num_inference_steps"], source=SOURCE_AUDIO, text="",
                    voice=VOICE, rate=RATE, seed=0, max_seconds=APP_MAX_SECONDS)
 RENDER_CHOICES = {"Auto": "auto", "Diffusion": "diffusion", "Photo": "photo"}  # UI label -> settings value
-UI_LABELS = {"render": "Render", "cfg_mode": "CFG mode", "rate": "Speaking rate", "num_inference_steps": "Steps", "alpha": "α", "beta": "β", "seed": "Seed",
+MODE_CHOICES = {"READ": "read", "REST": "rest"}
+UI_LABELS = {"mode": "Mode", "render": "Render", "cfg_mode": "CFG mode", "rate": "Speaking rate", "num_inference_steps": "Steps", "alpha": "α", "beta": "β", "seed": "Seed",
              "clip_latent_frames": "Clip length", "shift": "Schedule shift", "max_seconds": "Maximum duration"}
 
 
@@ -69,8 +70,8 @@ class GenerationRequest:
              for k in UI_FIELDS}
         v["num_inference_steps"] = v.pop("steps")
         v["image"], v["audio"] = file_path(v["image"]), file_path(v["audio"])
-        v["mode"] = named.get("mode") or APP_SETTINGS["mode"]  # no control of its own yet
         v["render"] = RENDER_CHOICES.get(v["render"], v["render"])
+        v["mode"] = MODE_CHOICES.get(v["mode"], v["mode"])
         if v["image"] is None:
             raise InputError("No portrait. Upload an image or pick one of the examples.")
         if v["source"] not in (SOURCE_AUDIO, SOURCE_TEXT):
@@ -160,8 +161,8 @@ def generate(sample: Callable[..., Iterator], request: GenerationRequest, *, chu
         n_chunks = chunk.num_chunks
         path = write_chunk(folder, chunk) if chunks else None
         warnings = tuple(chunk.warnings) + ((note,) if note and chunk.index == 0 else ())
-        yield Update(path, None, f"Showing chunk {chunk.index + 1} of {chunk.num_chunks}; generating the next…",
-                     warnings)
+        of = f" of {chunk.num_chunks}" if chunk.num_chunks else ""  # REST streams do not know their length
+        yield Update(path, None, f"Showing chunk {chunk.index + 1}{of}; generating the next…", warnings)
     report(1.0, "Writing the whole video")
     final = whole.write(folder / download_name(request, wall0))
     total = time.perf_counter() - t0
@@ -189,8 +190,9 @@ def stopped_video(folder) -> tuple[Path | None, str]:
     done = sorted(Path(folder).glob("chunk_*.mp4")) if folder else []
     if not done:
         return None, "Stopped before the first chunk was ready."
-    total = int(done[-1].stem.split("_of_")[-1]) if "_of_" in done[-1].stem else len(done)
-    return concat_mp4(done, Path(folder) / "stopped.mp4"), f"Stopped after chunk {len(done)} of {total}."
+    total = int(done[-1].stem.split("_of_")[-1]) if "_of_" in done[-1].stem else 0
+    of = f" of {total}" if total else ""
+    return concat_mp4(done, Path(folder) / "stopped.mp4"), f"Stopped after chunk {len(done)}{of}."
 
 
 # ---------------------------------------------------------------- files and figures
@@ -253,7 +255,8 @@ def timing_line(first_clip_s: float, total_s: float, video_s: float, denoise_ste
     else:
         head = (f"First clip {queued_s + first_clip_s:.2f} s after your click (waited {queued_s:.2f} s in the queue, "
                 f"then {first_clip_s:.2f} s of work)")
-    return f"{head} · real-time factor {rtf:.2f} ({total_s:.1f} s for {video_s:.1f} s of video) · {sps:.1f} steps/s"
+    speed = f" · {sps:.1f} steps/s" if denoise_steps else ""  # REST: chunk steps are not counted here
+    return f"{head} · real-time factor {rtf:.2f} ({total_s:.1f} s for {video_s:.1f} s of video){speed}"
 
 
 def find_examples(folder) -> list[tuple[str, str]]:

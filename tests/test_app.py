@@ -30,7 +30,8 @@ from pipeline.serving import DEFAULT_CHECKPOINT
 TMP = Path(tempfile.mkdtemp(prefix="test-app-"))
 ARGS = dict(source=app.SOURCE_AUDIO, text="", voice=app.VOICE, rate=app.RATE, steps=app.STEPS,
             cfg_mode=app.CFG_MODE, alpha=app.ALPHA, beta=app.BETA, seed=0,
-            clip_latent_frames=app.CLIP_LATENT_FRAMES, shift=app.SHIFT, max_seconds=app.MAX_SECONDS, render="Auto")
+            clip_latent_frames=app.CLIP_LATENT_FRAMES, shift=app.SHIFT, max_seconds=app.MAX_SECONDS, render="Auto",
+            mode="READ")
 
 
 # ---------------------------------------------------------------- shared, built once per session
@@ -189,7 +190,7 @@ def test_build_demo_wires_every_control():
     names = ["Portrait", "Speech", "Speech audio", "Text to speak", "Voice", "Rate (words per minute)", "Steps",
              "CFG mode", "α (guidance)", "β (audio guidance, Split only)", "Seed",
              "Clip length (latent frames per DiT clip; each clip adds 8 × (n − 1) video frames)", "Schedule shift",
-             "Maximum duration (s)", "Render"]
+             "Maximum duration (s)", "Render", "Mode"]
     assert [label(i) for i in gen["inputs"][:-1]] == names and vid["inputs"] == gen["inputs"][:-1]
     assert comps[gen["inputs"][-1]]["type"] == "state"  # the click's time and folder (Handlers.start)
     assert [label(i) for i in gen["outputs"]] == ["Live (128×128 video, shown at 2×)", "Whole video (download)", ""]

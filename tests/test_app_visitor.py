@@ -101,3 +101,14 @@ def test_examples_do_not_flip_the_speech_source():
     source = next(i for i, c in comps.items() if c["props"].get("label") == "Speech")
     triggers = {t[1] for d in cfg["dependencies"] if source in d["outputs"] for t in d["targets"] if t[0] == audio}
     assert triggers == {"upload", "stop_recording"}
+
+
+def test_mode_switch_reaches_the_pipeline_and_rest_streams_through_the_app(small_pipe):
+    fake = FakePipeline()
+    handlers = app.Handlers(serving.PipelineCache(lambda: fake))
+    run(handlers, portrait(), speech(1.0), mode="REST")
+    assert fake.calls[-1]["mode"] == "rest"
+    real = app.Handlers(serving.PipelineCache(lambda: small_pipe))
+    out = run(real, portrait(), speech(2.0), mode="REST", steps=2)
+    assert media.probe(out[-1][1]) == {"video": "h264", "audio": "aac", "frames": 2 * FPS}
+    assert "steps/s" not in out[-1][2] and "after" in out[-1][2]
