@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from . import vae as vae_lib
-from .config import FPS, SAMPLE_RATE, TEMPORAL_COMPRESSION
+from .config import FPS, SAMPLE_RATE
 from .scheduler import inference_timesteps
 from .speech_stream import SpeechStream
 from .streaming import ChunkLayout, ChunkStreamer
@@ -68,19 +68,6 @@ class AudioSpans:
         return out
 
 
-def trim_decoder(decoder: vae_lib.StreamingDecoder) -> None:
-    """Drop latents the decoder will never read again (all before `context` latents ahead of the first
-    frame not yet emitted), shifting its frame count to match, so its memory stays flat. The latent
-    kept first becomes its 'frame 0' latent: the index arithmetic of `push` is unchanged by the shift."""
-    if decoder.latents is None or decoder.emitted == 0:
-        return
-    first_latent = 1 + (decoder.emitted - 1) // TEMPORAL_COMPRESSION
-    d = first_latent - decoder.context
-    if d > 0:
-        decoder.latents = decoder.latents[:, :, d:]
-        decoder.emitted -= TEMPORAL_COMPRESSION * d
-
-
 def release_free_heap() -> None:
     """Hand freed heap pages back to the OS (glibc's malloc_trim; a no-op elsewhere). The log-mel front
     end and Whisper allocate short-lived buffers of changing sizes per chunk; without this the heap
@@ -119,7 +106,7 @@ class RestSession:
             if self.streamer.index % 8 == 0:
                 release_free_heap()
             pixels = self.decoder.push(z, final=final and i == len(code_groups) - 1)
-            trim_decoder(self.decoder)
+            self.decoder.trim()
             if pixels is not None and pixels.shape[2] > 0:
                 out.append(self._chunk(vae_lib.to_uint8(pixels)))
         return out

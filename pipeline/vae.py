@@ -126,3 +126,14 @@ class StreamingDecoder:
         out = frames[:, :, self.emitted - offset : end - offset]
         self.emitted = end
         return out
+
+    def trim(self) -> None:
+        """Drop latents no later `push` reads again (all before `context` latents ahead of the first
+        frame not yet emitted), shifting the frame count to match, so memory stays flat over an endless
+        stream (REST). The latent kept first becomes "frame 0"'s: `push`'s index arithmetic holds."""
+        if self.latents is None or self.emitted == 0:
+            return
+        drop = 1 + (self.emitted - 1) // TEMPORAL_COMPRESSION - self.context
+        if drop > 0:
+            self.latents = self.latents[:, :, drop:]
+            self.emitted -= TEMPORAL_COMPRESSION * drop

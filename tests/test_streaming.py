@@ -172,7 +172,7 @@ def _run_session(cfg, parts, z_ref, wav, block, rate=16000):
 def test_session_frames_length_and_flat_decoder_memory(monkeypatch):
     import numpy as np
 
-    from pipeline import rest
+    from pipeline import vae as vae_lib
 
     cfg, parts, z_ref = _session_parts(monkeypatch)
     wav = np.random.default_rng(0).standard_normal(int(2.3 * 16000)).astype(np.float32) * 0.1
@@ -184,7 +184,7 @@ def test_session_frames_length_and_flat_decoder_memory(monkeypatch):
     assert np.array_equal(audio, np.pad(wav, (0, max(0, len(frames) * 640 - len(wav))))[: len(frames) * 640])
     again, _ = _run_session(cfg, parts, z_ref, wav, 7000)  # other block sizes: the same video
     assert np.array_equal(np.concatenate([c.frames for c in again]), frames)
-    monkeypatch.setattr(rest, "trim_decoder", lambda d: None)  # trimming changes no frame
+    monkeypatch.setattr(vae_lib.StreamingDecoder, "trim", lambda self: None)  # trimming changes no frame
     untrimmed, _ = _run_session(cfg, parts, z_ref, wav, 1600)
     assert np.array_equal(np.concatenate([c.frames for c in untrimmed]), frames)
 
