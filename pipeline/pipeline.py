@@ -75,6 +75,11 @@ class VideoStream:
         self._chunks.close()
 
 
+def _generator(generator: torch.Generator | None, seed: int | None) -> torch.Generator:
+    """The caller's generator, else a CPU generator seeded with `seed` (default 0)."""
+    return generator or torch.Generator().manual_seed(seed if seed is not None else 0)
+
+
 def _timed(iterable, timings: dict, key: str):
     """Yield from `iterable`, adding the seconds spent producing each item to `timings[key]`."""
     it = iter(iterable)
@@ -173,14 +178,18 @@ class TalkingHeadPipeline:
         return next(self.dit.parameters()).dtype
 
     # ---------------------------------------------------------------- stages
-    def preprocess_image(self, image) -> tuple[torch.Tensor, np.ndarray, list[str]]:
-        """Path / array / PIL image -> (tensor (1, 3, H, W) float32 in [-1, 1], cropped RGB, warnings)."""
+    @staticmethod
+    def load_rgb(image) -> np.ndarray:
+        """Path / array / PIL image -> upright RGB uint8 (H, W, 3), huge ones downscaled. Raises `InputError`."""
         if image is None:
             raise InputError("no portrait image was given")
         if isinstance(image, (str, Path)):
-            rgb = image_io.load_image(image)
-        else:
-            rgb = image_io.limit_size(image_io.to_rgb8(np.asarray(image)))
+            return image_io.load_image(image)
+        return image_io.limit_size(image_io.to_rgb8(np.asarray(image)))
+
+    def preprocess_image(self, image) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+        """Path / array / PIL image -> (tensor (1, 3, H, W) float32 in [-1, 1], cropped RGB, warnings)."""
+        rgb = self.load_rgb(image)
         size = (self.config.height, self.config.width)
         already = rgb.shape[:2] == size  # a portrait framed for the model: keep as is
         crop, warnings = (rgb, []) if already else face.prepare_portrait(rgb, size)
@@ -238,8 +247,9 @@ class TalkingHeadPipeline:
             raise InputError(f"the audio is {speech_in.seconds:.1f} s long; the limit is {self.config.max_seconds:g} s")
         num_frames = max(1, round(speech_in.seconds * FPS))
         timings: dict = {}
-        renderer, notes = self._photo_renderer(image, settings.render)
-        driver = image if renderer is None else self._photo_driver()
+        rgb = self.load_rgb(image)  # decoded once: the photo-mode rule and the diffusion render share it
+        renderer, notes = self._photo_renderer(rgb, settings.render)
+        driver = rgb if renderer is None else self._photo_driver()
         if settings.mode == "rest":  # chunk-wise under the ID-Context cache (docs/STREAMING.md)
             chunks = self._rest_chunks(driver, speech_in, settings, generator, seed, timings, notes)
         else:
@@ -250,19 +260,18 @@ class TalkingHeadPipeline:
         return VideoStream(chunks, timings, settings, num_frames)
 
     # ---------------------------------------------------------------- photo mode
-    def _photo_renderer(self, image, render: str):
-        """(PhotoRenderer or None, notes): photo mode for a real photo (`render="auto"`, decided by
-        `photo.is_photo`) or when asked for; a photo without a usable face falls back to the
-        diffusion render with a note saying why."""
-        if render == "diffusion" or image is None:
+    def _photo_renderer(self, rgb: np.ndarray, render: str):
+        """(PhotoRenderer or None, notes) for the loaded portrait `rgb`: photo mode for a real photo
+        (`render="auto"`, decided by `photo.is_photo`) or when asked for; a photo without a usable face
+        falls back to the diffusion render with a note saying why."""
+        if render == "diffusion":
             return None, []
         from . import photo
 
-        rgb = image_io.load_image(image) if isinstance(image, (str, Path)) else image_io.to_rgb8(np.asarray(image))
         if render == "auto" and not photo.is_photo(rgb):
             return None, []
         try:
-            return photo.PhotoRenderer(image_io.limit_size(rgb), size=PHOTO_SIZE), []
+            return photo.PhotoRenderer(rgb, size=PHOTO_SIZE), []
         except InputError as e:
             return None, [f"Photo mode: {e} The portrait is rendered by the diffusion model instead."]
 
@@ -298,13 +307,10 @@ class TalkingHeadPipeline:
 
     @torch.no_grad()
     def _live(self, image, settings, generator, seed, rest_settings=None, warnings=()) -> rest.LiveStream:
-        from .whisper import load_feature_extractor
-
         x_ref, _, image_warnings = self.preprocess_image(image)
-        session = rest.RestSession(self.dit, self.speech_ae, self.vae, self.speech.whisper, load_feature_extractor(),
-                                   self.config.speech, self.encode_reference(x_ref), settings,
-                                   rest_settings or rest.RestSettings(),
-                                   generator or torch.Generator().manual_seed(seed if seed is not None else 0))
+        session = rest.RestSession(self.dit, self.speech_ae, self.vae, self.speech.whisper,
+                                   self.speech.feature_extractor, self.config.speech, self.encode_reference(x_ref),
+                                   settings, rest_settings or rest.RestSettings(), _generator(generator, seed))
         return rest.LiveStream(session, VideoChunk, list(warnings) + image_warnings)
 
     def _rest_chunks(self, image, speech_in, settings, generator, seed, timings, notes=()):
@@ -333,7 +339,7 @@ class TalkingHeadPipeline:
         codes = self.speech.encode(speech_in.whisper, n_lat, timings)  # (1, n_lat, M, Dc)
         timings.update(reference=t1 - t_start, speech=time.perf_counter() - t1)
         # 5. Noise, from the caller's generator or seed
-        generator = generator or torch.Generator().manual_seed(seed if seed is not None else 0)
+        generator = _generator(generator, seed)
         noise = self.prepare_latents(n_lat, generator)
         # 6.-7. ANS sampling clip by clip, streaming decode
         k, steps = sampler.num_clips(n_lat, f), settings.num_inference_steps

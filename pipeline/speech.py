@@ -160,11 +160,17 @@ class SpeechEncoder:
 
                 device = next(self.speech_ae.parameters()).device
                 self._whisper = load_whisper(self.config.whisper, encoder_only=True).to(device)
+        return self._whisper
+
+    @property
+    def feature_extractor(self):
+        """Whisper's log-mel front end (stateless; shared by READ's encode and REST's sessions)."""
+        with self._lock:
             if self._features is None:
                 from .whisper import load_feature_extractor
 
                 self._features = load_feature_extractor()
-        return self._whisper
+        return self._features
 
     def to(self, device=None, dtype=None) -> "SpeechEncoder":
         self.speech_ae.to(device=device, dtype=dtype)
@@ -188,9 +194,9 @@ class SpeechEncoder:
         def compute():
             from .whisper import encode_speech_features
 
-            whisper = self.whisper  # also creates the feature extractor
+            whisper, features = self.whisper, self.feature_extractor
             t0 = time.perf_counter()
-            feats = encode_speech_features(whisper, self._features, padded).float().cpu()  # (T50, 384)
+            feats = encode_speech_features(whisper, features, padded).float().cpu()  # (T50, 384)
             t1 = time.perf_counter()
             x = frame_windows(frame_features(feats, frames, self.config.feats_per_frame), self.config.context_frames)
             codes = self.speech_ae.encode(x[None].to(param.device, param.dtype))  # (1, N, M, Dc)
