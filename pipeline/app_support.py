@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .config import FPS, LIMITS, SAMPLE_RATE, check_value
-from .errors import InputError
+from .errors import AudioTooLong, InputError
 from .serving import APP_MAX_SECONDS, APP_SETTINGS
 
 SILENCE_PEAK = 1e-4  # a recording whose loudest sample is below this is silence
@@ -118,11 +118,9 @@ def load_request_speech(request: GenerationRequest):
         note = choice.note
     try:
         speech = load_speech(source, max_seconds=request.max_seconds)
-    except InputError as e:
-        if "limit" not in str(e):
-            raise
-        raise InputError(f"{str(e).split(':')[0].replace('the audio', 'The speech')}. Trim it or raise the maximum "
-                         "duration under Advanced.") from None
+    except AudioTooLong as e:
+        raise InputError(f"The speech is {e.seconds:.1f} s long; the limit is {e.limit:g} s. Trim it or raise the "
+                         "maximum duration under Advanced.") from None
     check_silence(speech.whisper)
     return speech, note
 

@@ -112,15 +112,11 @@ def _check_length(audio, checkpoint) -> None:
     from pathlib import Path
 
     from .config import PipelineConfig
-    from .errors import InputError
-    from .media import audio_duration
+    from .media import check_duration
 
     config = Path(checkpoint) / "pipeline.json"
-    if not config.is_file():
-        return  # loading will say that there is no model
-    limit, seconds = PipelineConfig.load(config).max_seconds, audio_duration(audio)
-    if seconds > limit + 0.05:
-        raise InputError(f"the audio is {seconds:.1f} s long; the limit is {limit:g} s: trim it")
+    if config.is_file():  # else loading will say that there is no model
+        check_duration(audio, PipelineConfig.load(config).max_seconds)
 
 
 def main(argv=None):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import FPS, SAMPLE_RATE
-from .errors import InputError
+from .errors import AudioTooLong, InputError
 
 AUDIO_RATES = (1000, 384_000)  # sample rates accepted at all
 AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
@@ -222,7 +222,7 @@ def make_speech(data, rate: int, max_seconds: float | None = None, min_seconds: 
     if seconds < min_seconds:
         raise InputError(f"the audio is {seconds * 1000:.0f} ms long: shorter than one video frame (40 ms)")
     if max_seconds is not None and seconds > max_seconds:
-        raise InputError(f"the audio is {seconds:.1f} s long; the limit is {max_seconds:g} s: trim it")
+        raise AudioTooLong(seconds, max_seconds)
     if not np.all(np.isfinite(x)):
         raise InputError("the audio contains invalid (NaN or infinite) samples")
     warnings = []
@@ -261,6 +261,15 @@ class StreamPeak:
         return out.astype(np.float32), note
 
 
+def check_duration(path, max_seconds: float) -> float:
+    """The file's duration from its header (nothing decoded); raises `AudioTooLong` over `max_seconds`
+    (+ 50 ms for containers whose header rounds up)."""
+    seconds = audio_duration(path)
+    if seconds > max_seconds + 0.05:
+        raise AudioTooLong(seconds, max_seconds)
+    return seconds
+
+
 def load_speech(source, sample_rate: int | None = None, max_seconds: float | None = None,
                 min_seconds: float = 1 / FPS) -> Speech:
     """A path, a (sample_rate, samples) tuple, or samples at `sample_rate` (default 16 kHz) -> `Speech`.
@@ -273,9 +282,7 @@ def load_speech(source, sample_rate: int | None = None, max_seconds: float | Non
     if isinstance(source, (str, os.PathLike)):
         p = _check_file(source, "audio")
         if max_seconds is not None:
-            seconds = audio_duration(p)
-            if seconds > max_seconds + 0.05:
-                raise InputError(f"the audio is {seconds:.1f} s long; the limit is {max_seconds:g} s: trim it")
+            check_duration(p, max_seconds)
         data, rate = decode_audio(p, max_seconds)
     elif isinstance(source, tuple):
         rate, data = source

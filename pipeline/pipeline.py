@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from . import face, image as image_io, media, rest, sampler, scheduler, speech
 from . import vae as vae_lib
 from .config import FPS, SAMPLE_RATE, PipelineConfig, SamplingConfig, check_value, get_preset, resolve_settings
-from .errors import InputError
+from .errors import AudioTooLong, InputError
 from .memo import Memo
 
 PHOTO_SIZE = 256  # photo mode's output side, pixels (256-512; 256 keeps the warp within real time on a CPU)
@@ -244,7 +244,7 @@ class TalkingHeadPipeline:
             speech_in = media.load_speech(audio, max_seconds=max_seconds) if settings.mode == "rest" else \
                 self.load_speech(audio, max_seconds)
         if speech_in.seconds > self.config.max_seconds and settings.mode == "read":
-            raise InputError(f"the audio is {speech_in.seconds:.1f} s long; the limit is {self.config.max_seconds:g} s")
+            raise AudioTooLong(speech_in.seconds, self.config.max_seconds)
         num_frames = max(1, round(speech_in.seconds * FPS))
         timings: dict = {}
         rgb = self.load_rgb(image)  # decoded once: the photo-mode rule and the diffusion render share it
