@@ -86,18 +86,6 @@ class GenerationRequest:
         return cls(v["image"], v["source"], v["audio"], str(v["text"] or ""), str(v["voice"]), checked["rate"],
                    settings, checked["seed"], checked["max_seconds"])
 
-    def speech_seconds(self) -> float:
-        """Length of the speech from the text or the file header, without decoding (max_seconds if unknown)."""
-        if self.source == SOURCE_TEXT:
-            from .speak import estimate_seconds
-
-            return estimate_seconds(self.text, self.rate)
-        from .media import audio_duration
-
-        try:
-            return audio_duration(self.audio) if isinstance(self.audio, (str, Path)) else self.max_seconds
-        except InputError:
-            return self.max_seconds
 
 
 def check_silence(wav: np.ndarray) -> None:
