@@ -49,22 +49,28 @@ def new_latent_start(clip: int, clip_frames: int) -> int:
     return 0 if clip == 0 else clip * (clip_frames - 1) + 1
 
 
-def cfg_velocity(model, z, t, audio, cfg_mode: str = "split", alpha: float = 2.0, beta: float = 6.0, text=None):
-    """Guided velocity for z = [z_R, clip] (B, C, 1+f, H, W), t (B, 1+f), audio (B, f, M, Da).
+def cfg_branches(cfg_mode: str = "split", alpha: float = 2.0, beta: float = 6.0):
+    """The CFG passes as (weights, drop_audio, drop_ref), one entry per pass (eq. 16-17):
 
-    Joint (eq. 16): (1-a) S(Z, 0) + a S(Z, C, z_R)                     -- 2 passes
+    Joint (eq. 16): (1-a) S(Z, 0) + a S(Z, C, z_R)                     -- 2 passes (1 when a = 1)
     Split (eq. 17): (1-a-b) S(Z, 0) + a S(Z, 0, z_R) + b S(Z, C, z_R)  -- 3 passes
-    The passes run as one batched forward.
+    Raises ValueError for another mode. READ's sampler and REST's streamer both batch these.
     """
     if cfg_mode == "joint":
         if alpha == 1.0:  # no guidance: one pass is enough
-            return model(z, t, audio, text=text)
-        weights, drop_audio, drop_ref = [1 - alpha, alpha], [True, False], [True, False]
-    elif cfg_mode == "split":
-        weights = [1 - alpha - beta, alpha, beta]
-        drop_audio, drop_ref = [True, True, False], [True, False, False]
-    else:
-        raise ValueError(f"cfg_mode must be one of {CFG_MODES}, got {cfg_mode!r}")
+            return [1.0], [False], [False]
+        return [1 - alpha, alpha], [True, False], [True, False]
+    if cfg_mode == "split":
+        return [1 - alpha - beta, alpha, beta], [True, True, False], [True, False, False]
+    raise ValueError(f"cfg_mode must be one of {CFG_MODES}, got {cfg_mode!r}")
+
+
+def cfg_velocity(model, z, t, audio, cfg_mode: str = "split", alpha: float = 2.0, beta: float = 6.0, text=None):
+    """Guided velocity for z = [z_R, clip] (B, C, 1+f, H, W), t (B, 1+f), audio (B, f, M, Da):
+    the `cfg_branches` passes as one batched forward."""
+    weights, drop_audio, drop_ref = cfg_branches(cfg_mode, alpha, beta)
+    if len(weights) == 1:
+        return model(z, t, audio, text=text)
     n, B = len(weights), z.shape[0]
     flags = lambda f: torch.tensor(f, device=z.device).repeat_interleave(B)  # noqa: E731
     rep = lambda x: None if x is None else x.repeat(n, *([1] * (x.dim() - 1)))  # noqa: E731

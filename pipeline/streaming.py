@@ -29,6 +29,7 @@ from typing import Iterable, Iterator
 
 import torch
 
+from .sampler import cfg_branches
 from .scheduler import euler_step, inference_timesteps
 
 
@@ -46,21 +47,6 @@ class ChunkLayout:
     def positions(self, context: int) -> tuple[list[int], list[int]]:
         """Frame positions of (context, current) when `context` context frames are valid; sink = 0."""
         return list(range(1, 1 + context)), list(range(1 + context, 1 + context + self.chunk_frames))
-
-
-def cfg_branches(cfg_mode: str = "joint", alpha: float = 1.5, beta: float = 6.0):
-    """CFG as `sampler.cfg_velocity` batches it: (weights, drop_audio, drop_ref), one entry per pass.
-
-    Joint (eq. 16): (1-a) S(Z, 0) + a S(Z, C, z_R); Split (eq. 17): (1-a-b) S(Z, 0) + a S(Z, 0, z_R)
-    + b S(Z, C, z_R); joint with a = 1 is a single unguided pass. Raises ValueError for another mode.
-    """
-    if cfg_mode == "joint":
-        if alpha == 1.0:
-            return [1.0], [False], [False]
-        return [1 - alpha, alpha], [True, False], [True, False]
-    if cfg_mode == "split":
-        return [1 - alpha - beta, alpha, beta], [True, True, False], [True, False, False]
-    raise ValueError(f"cfg_mode must be 'joint' or 'split', got {cfg_mode!r}")
 
 
 class IDContextCache:
