@@ -9,6 +9,7 @@ the evaluation all go through these two methods.
 from __future__ import annotations
 
 import copy
+import itertools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import face, image as image_io, media, rest, sampler, scheduler, speech
+from . import face, image as image_io, media, media_stream, rest, sampler, scheduler, speech
 from . import vae as vae_lib
 from .config import FPS, SAMPLE_RATE, PipelineConfig, SamplingConfig, check_value, get_preset, resolve_settings
 from .errors import AudioTooLong, InputError
@@ -99,6 +100,7 @@ class TalkingHeadPipeline:
         self.vae, self.dit, self.config = vae, dit, config
         self.speech = speech.SpeechEncoder(speech_ae, config.speech, whisper)
         self._memo = Memo()  # reference latents of recent portraits
+        self.student = None  # REST's distilled DiT and its StudentSettings (pipeline/student.py), if any
         for m in (vae, speech_ae, dit):
             m.eval().requires_grad_(False)
 
@@ -120,7 +122,8 @@ class TalkingHeadPipeline:
 
     @classmethod
     def from_pretrained(cls, path, whisper: str | None = None, device=None, dtype=None) -> "TalkingHeadPipeline":
-        """Load `save_pretrained` output: pipeline.json + vae/ + speech_ae/ + dit/ (safetensors).
+        """Load `save_pretrained` output: pipeline.json + vae/ + speech_ae/ + dit/ (safetensors), and
+        student/ when there is one (REST's distilled DiT: `mode="rest"` runs it instead of dit/).
 
         The frozen Whisper encoder is loaded too (from `whisper`, else the config's source), so the
         first request pays no loading time. Raises `InputError` when `path` holds no saved pipeline.
@@ -142,6 +145,9 @@ class TalkingHeadPipeline:
             A2VDiT.from_pretrained(path / "dit", torch_dtype=torch.float32),
             config,
         )
+        from .student import load_student
+
+        pipe.student = load_student(path)
         pipe = pipe.to(device, dtype) if (device or dtype) else pipe
         pipe.speech.whisper  # noqa: B018 - load now, not in the first request
         return pipe
@@ -156,10 +162,14 @@ class TalkingHeadPipeline:
                 continue  # real LTX weights stay where the user keeps them
             m = copy.deepcopy(model).to(torch.float16) if fp16 else model
             m.save_pretrained(path / name, safe_serialization=True)
+        if self.student is not None:
+            from .student import STUDENT_DIR, save_student
+
+            save_student(self.student[0], path / STUDENT_DIR, self.student[1], fp16=fp16)
         self.config.save(path / "pipeline.json")
 
     def to(self, device=None, dtype=None) -> "TalkingHeadPipeline":
-        for m in (self.vae, self.dit):
+        for m in (self.vae, self.dit) + ((self.student[0],) if self.student is not None else ()):
             m.to(device=device, dtype=dtype)
         self.speech.to(device, dtype)
         return self
@@ -237,15 +247,22 @@ class TalkingHeadPipeline:
         settings = self.settings(settings, **given)
         if seed is not None:
             seed = check_value("seed", seed)
-        # 2. Speech in (checked here, before any model work); REST has no length limit
-        if isinstance(audio, media.Speech):
-            speech_in = audio
+        # 2. Speech in (checked here, before any model work); REST has no length limit and reads a file
+        #    in blocks as it generates (its header is checked here), never whole
+        if settings.mode == "rest" and isinstance(audio, (str, Path)):
+            speech_in, seconds = audio, media_stream.check_stream_file(audio)
+            if max_seconds is not None and seconds > max_seconds:
+                raise AudioTooLong(seconds, max_seconds)
         else:
-            speech_in = media.load_speech(audio, max_seconds=max_seconds) if settings.mode == "rest" else \
-                self.load_speech(audio, max_seconds)
-        if speech_in.seconds > self.config.max_seconds and settings.mode == "read":
-            raise AudioTooLong(speech_in.seconds, self.config.max_seconds)
-        num_frames = max(1, round(speech_in.seconds * FPS))
+            if isinstance(audio, media.Speech):
+                speech_in = audio
+            else:
+                speech_in = media.load_speech(audio, max_seconds=max_seconds) if settings.mode == "rest" else \
+                    self.load_speech(audio, max_seconds)
+            seconds = speech_in.seconds
+        if seconds > self.config.max_seconds and settings.mode == "read":
+            raise AudioTooLong(seconds, self.config.max_seconds)
+        num_frames = max(1, round(seconds * FPS))
         timings: dict = {}
         rgb = self.load_rgb(image)  # decoded once: the photo-mode rule and the diffusion render share it
         renderer, notes = self._photo_renderer(rgb, settings.render)
@@ -283,13 +300,16 @@ class TalkingHeadPipeline:
 
     def _photo_chunks(self, chunks, renderer, timings: dict):
         """Driver chunks -> the photo's chunks: per frame, the motion reader's mouth, blink and head
-        parameters warp the photo (same frames, same audio)."""
+        parameters warp the photo (same frames, same audio). The driver is generated one chunk ahead
+        on a worker thread while this thread warps (`ahead.run_ahead`): the two cores of a CPU Space
+        share the work, and the first chunk comes no later than without it."""
         import dataclasses
 
+        from .ahead import run_ahead
         from .photo import MotionReader
 
         self._motion_reader = getattr(self, "_motion_reader", None) or MotionReader.load()
-        for chunk in chunks:
+        for chunk in run_ahead(chunks):
             t0 = time.perf_counter()
             motion = self._motion_reader.read(chunk.frames, start_frame=chunk.start_frame)
             frames = renderer.render(motion)
@@ -308,19 +328,31 @@ class TalkingHeadPipeline:
     @torch.no_grad()
     def _live(self, image, settings, generator, seed, rest_settings=None, warnings=()) -> rest.LiveStream:
         x_ref, _, image_warnings = self.preprocess_image(image)
-        session = rest.RestSession(self.dit, self.speech_ae, self.vae, self.speech.whisper,
+        dit = self.dit
+        if self.student is not None:  # the distilled student: its chunk sizes, one pass per step (student.py)
+            from .student import student_sampling
+
+            dit, trained = self.student
+            settings = student_sampling(settings, trained)
+            rest_settings = rest_settings or rest.RestSettings(trained.chunk_frames, trained.context_frames)
+        session = rest.RestSession(dit, self.speech_ae, self.vae, self.speech.whisper,
                                    self.speech.feature_extractor, self.config.speech, self.encode_reference(x_ref),
                                    settings, rest_settings or rest.RestSettings(), _generator(generator, seed))
         return rest.LiveStream(session, VideoChunk, list(warnings) + image_warnings)
 
     def _rest_chunks(self, image, speech_in, settings, generator, seed, timings, notes=()):
-        """`stream(mode="rest")`: loaded speech pushed through a live session, 16 frames of audio at a time."""
+        """`stream(mode="rest")`: the speech pushed through a live session block by block: a file (a path)
+        read as it goes (`media_stream.audio_blocks`: flat memory at any length), or a loaded
+        `media.Speech` 16 frames of audio at a time."""
         t0 = time.perf_counter()
-        live = self._live(image, settings, generator, seed, warnings=speech_in.warnings + list(notes))
-        x, rate = speech_in.samples, speech_in.sample_rate
-        step = rate * 16 // FPS
-        for i in range(0, len(x) + step, step):
-            for chunk in (live.push_audio(x[i : i + step], rate) if i < len(x) else live.close()):
+        if isinstance(speech_in, media.Speech):
+            x, rate, step = speech_in.samples, speech_in.sample_rate, speech_in.sample_rate * 16 // FPS
+            blocks, warnings = ((x[i : i + step], rate) for i in range(0, len(x), step)), speech_in.warnings
+        else:
+            blocks, warnings = media_stream.audio_blocks(speech_in), []
+        live = self._live(image, settings, generator, seed, warnings=warnings + list(notes))
+        for samples, rate in itertools.chain(blocks, [(None, None)]):
+            for chunk in (live.push_audio(samples, rate) if samples is not None else live.close()):
                 timings.setdefault("first_chunk", time.perf_counter() - t0)
                 yield chunk
 

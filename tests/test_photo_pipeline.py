@@ -43,3 +43,14 @@ def test_a_photo_without_a_face_falls_back_to_diffusion_with_a_note(shipped, spe
                   render="photo", **FAST)
     assert out.frames.shape[1:] == (128, 128, 3)
     assert any(w.startswith("Photo mode:") and "diffusion model instead" in w for w in out.warnings), out.warnings
+
+
+def test_the_warp_beside_the_generation_gives_the_serial_frames(shipped, speech):
+    """Photo mode generates the driver on a worker thread while it warps: same frames as doing it in turn."""
+    from pipeline.photo import MotionReader, PhotoRenderer, driver_portrait
+
+    threaded = shipped(str(HOPPER), speech, render="photo", seed=3, **FAST)
+    renderer, reader = PhotoRenderer(shipped.load_rgb(str(HOPPER)), size=256), MotionReader.load()
+    serial = [renderer.render(reader.read(c.frames, start_frame=c.start_frame))
+              for c in shipped.stream(driver_portrait(), speech, render="diffusion", seed=3, **FAST)]
+    assert np.array_equal(threaded.frames, np.concatenate(serial))

@@ -101,6 +101,7 @@ def time_generation(pipe, image, wav: np.ndarray, settings: dict, out_path: Path
     return dict(
         whisper=timings.get("whisper", 0.0), speech_ae=timings.get("speech_ae", 0.0),
         reference=timings["reference"], dit=timings["dit"], decode=timings["decode"], mux=t2 - t1,
+        photo=timings.get("photo", 0.0),
         dit_forward=hooked["dit_forward"], total=t2 - t0, first_clip=first,
         first_clip_from_timings=timings["first_chunk"], num_clips=clips[0].num_chunks, frames=len(frames),
     )
@@ -119,7 +120,8 @@ def measure(pipe, image, wav: np.ndarray, settings: dict, repeats: int) -> dict:
     median = sorted(runs, key=lambda r: r["total"])[(len(runs) - 1) // 2]
     seconds = len(wav) / SAMPLE_RATE
     return dict(settings=settings, components_s={k: median[k] for k, _ in COMPONENTS},
-                end_to_end_s=median["total"], rtf=median["total"] / seconds, first_clip_s=median["first_clip"],
+                photo_s=median["photo"], end_to_end_s=median["total"], rtf=median["total"] / seconds,
+                first_clip_s=median["first_clip"],
                 first_clip_from_timings_s=median["first_clip_from_timings"],
                 first_clip_same_inputs_s=again["first_clip"],
                 dit_forward_s=median["dit_forward"], num_clips=median["num_clips"], video_frames=median["frames"],
@@ -160,7 +162,8 @@ def run_benchmark(pipe, *, seconds: float = 10.0, repeats: int = 3, settings: di
         torch.cuda.reset_peak_memory_stats()
     main = measure(pipe, image, wav, settings, repeats)
     at_app = measure(pipe, image, wav, app, repeats)
-    result = dict(model=model, audio_seconds=len(wav) / SAMPLE_RATE, repeats=repeats, environment=env, **main,
+    result = dict(model=model, image=Path(image).name, audio_seconds=len(wav) / SAMPLE_RATE, repeats=repeats,
+                  environment=env, **main,
                   app_defaults=at_app)
     result.update(dit_figures(pipe, settings, main, matmul_size))
     result["peak_rss_mb"] = peak_rss_mb()
@@ -181,6 +184,8 @@ def _stage_table(r: dict) -> list[str]:
     for key, label in COMPONENTS:
         x, y = r["components_s"][key], a["components_s"][key]
         lines.append(f"| {label} | {x:.3f} | {x / r['end_to_end_s']:.0%} | {y:.3f} |")
+    if r["photo_s"] or a["photo_s"]:  # photo mode: motion reader + warp, on the other thread (not in the sum)
+        lines.append(f"| Photo warp, beside the DiT | {r['photo_s']:.3f} | | {a['photo_s']:.3f} |")
     return lines + [
         f"| **End to end** (audio in -> mp4 out) | {r['end_to_end_s']:.3f} | 100% | {a['end_to_end_s']:.3f} |",
         f"| Real-time factor (wall / audio) | {r['rtf']:.3f} | | {a['rtf']:.3f} |",
@@ -220,8 +225,8 @@ def to_markdown(r: dict) -> str:
     env = r["environment"]
     head = [f"### READ benchmark: {r['model']} on {env['device']} ({env['device_name']}), {env['dtype']}, "
             f"{env['threads']} threads, torch {env['torch']}", "",
-            f"{r['audio_seconds']:.1f} s of audio -> {r['video_frames']} frames in {r['num_clips']} clips; median "
-            f"of {r['repeats']} runs; 1-min load average before the run: {env['load_average_1min']:.2f}.", ""]
+            f"{r['image']}, {r['audio_seconds']:.1f} s of audio -> {r['video_frames']} frames in {r['num_clips']} clips; "
+            f"median of {r['repeats']} runs; 1-min load average before the run: {env['load_average_1min']:.2f}.", ""]
     body = _stage_table(r) + [""] + _measure_table(r) + [""] + _profile_table(r)
     return "\n".join(head + body) + "\n"
 
@@ -235,6 +240,8 @@ def parse_args(argv=None):
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help=f"saved pipeline folder (default: {DEFAULT_CHECKPOINT} if present)")
     src.add_argument("--preset", choices=sorted(PRESETS), help="random weights of a preset: same FLOPs, valid speed figures")
+    p.add_argument("--image", default=str(PORTRAIT),
+                   help="portrait (default: example 2); a real photo takes photo mode (render auto)")
     p.add_argument("--seconds", type=float, default=10.0, help="audio length (the example speech, tiled if longer)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
     p.add_argument("--cfg", choices=["joint", "split"], default=None, help="CFG mode (default: the model's)")
@@ -294,7 +301,8 @@ def main(argv=None) -> int:
         return 0
     settings = dict(num_inference_steps=args.steps, cfg_mode=args.cfg, alpha=args.alpha, beta=args.beta)
     try:
-        result = run_benchmark(pipe, seconds=args.seconds, repeats=max(1, args.repeats), settings=settings, model=model)
+        result = run_benchmark(pipe, seconds=args.seconds, repeats=max(1, args.repeats), settings=settings, model=model,
+                               image=args.image)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
