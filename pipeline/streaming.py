@@ -108,27 +108,42 @@ def block_mask(tokens_per_frame: int, context: int, chunk: int, device=None) -> 
     return frame[None, :] <= frame[:, None]  # (S, S): key frame kind <= query frame kind
 
 
-@torch.no_grad()
-def recompute(dit, z_ref, context, context_codes, current, t, codes, drop_audio=None, drop_ref=None):
-    """The definition the cache must equal: one masked forward over [reference, context, current].
+def masked_forward(dit, z_ref, context, context_codes, current, t, codes, drop_audio=None, drop_ref=None, kv_cache=None):
+    """The student's chunk forward as training needs it (autograd on): one forward over [reference,
+    context, current] with `block_mask` and the layout's positions (0, 1 ... L, L+1 ... L+c), which is
+    what the cache computes chunk by chunk (`recompute` is this under no_grad; tests compare both).
 
-    z_ref (B, C, 1, H, W); context (B, C, L, H, W) clean latents with codes (B, L, M, Da); current
-    (B, C, c, H, W) at time t (float) with codes (B, c, M, Da). Returns the output for `current`
-    and each block's (keys, values) (B, Hd, S, Dh) of the whole sequence, after RoPE.
+    z_ref (B, C, 1, H, W); context (B, C, L, H, W) clean latents (L may be 0) with codes (B, L, M, Da);
+    current (B, C, c, H, W) at time t (a float, or per sample (B,)) with codes (B, c, M, Da).
+    Returns the velocity (B, C, c, H, W) of `current`.
     """
     B, L, c = z_ref.shape[0], context.shape[2], current.shape[2]
-    n = (z_ref.shape[3] // dit.config.patch_size) * (z_ref.shape[4] // dit.config.patch_size)
-    times = torch.cat([z_ref.new_zeros(B, L), z_ref.new_full((B, c), float(t))], dim=1)  # (B, L+c)
+    p = getattr(dit, "module", dit).config.patch_size  # a DDP wrapper keeps the model in .module
+    n = (z_ref.shape[3] // p) * (z_ref.shape[4] // p)
+    t = torch.as_tensor(t, dtype=torch.float32, device=z_ref.device).reshape(-1, 1).expand(B, c)  # (B, c)
+    times = torch.cat([t.new_zeros(B, L), t], dim=1)  # (B, L+c): context clean
+    out = dit(torch.cat([context, current], dim=2), times, torch.cat([context_codes, codes], dim=1),
+              drop_audio=drop_audio, drop_ref=drop_ref, reference=z_ref, attn_mask=block_mask(n, L, c, z_ref.device),
+              kv_cache=kv_cache, frame_positions=range(1 + L + c))
+    return out[:, :, L:]
+
+
+@torch.no_grad()
+def recompute(dit, z_ref, context, context_codes, current, t, codes, drop_audio=None, drop_ref=None):
+    """The definition the cache must equal: `masked_forward` from scratch, also returning each block's
+    (keys, values) (B, Hd, S, Dh) of the whole sequence, after RoPE.
+
+    Shapes as in `masked_forward`; t a float. Returns (output for `current`, [(k, v) per block]).
+    """
     records = []
 
     def record(k, v):
         records.append((k, v))
         return k, v
 
-    out = dit(torch.cat([context, current], dim=2), times, torch.cat([context_codes, codes], dim=1),
-              drop_audio=drop_audio, drop_ref=drop_ref, reference=z_ref, attn_mask=block_mask(n, L, c, z_ref.device),
-              kv_cache=[record] * len(dit.blocks), frame_positions=range(1 + L + c))
-    return out[:, :, L:], records
+    out = masked_forward(dit, z_ref, context, context_codes, current, t, codes, drop_audio, drop_ref,
+                         kv_cache=[record] * len(dit.blocks))
+    return out, records
 
 
 class ChunkStreamer:
