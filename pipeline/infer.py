@@ -3,6 +3,10 @@
     python -m pipeline.infer --image assets/examples/portrait_0.png --audio assets/examples/speech_0.wav --out out.mp4
     python -m pipeline.infer --init-random runs/random_tiny   # save a randomly initialised `tiny` pipeline
 
+    python -m pipeline.infer --image portrait.png --audio talk.mp3 --out talk.mp4 --mode rest  # any length
+
+The mp4 is written as the chunks come (H.264 + AAC); it appears only when complete. `--mode rest`
+reads the audio in blocks: memory stays flat however long the file is; READ keeps its length limit.
 Prints where it wrote and the real-time factor (wall time / audio duration). User errors (missing
 or unreadable files, bad parameters, an output path that cannot be written) print one line and exit
 with code 2 before any model is loaded, leaving no output file.
@@ -10,6 +14,7 @@ with code 2 before any model is loaded, leaving no output file.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 
@@ -38,6 +43,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", default=0, help="torch CPU threads (0: default)")
     p.add_argument("--init-random", metavar="DIR", help="save a randomly initialised pipeline to DIR and exit")
     p.add_argument("--preset", default="tiny", help="preset for --init-random")
+    p.add_argument("--report", metavar="JSON", help="also write the figures (per-chunk seconds, peak RSS) as JSON")
     return p.parse_args(argv)
 
 
@@ -63,18 +69,39 @@ def check_args(args) -> dict:
     return settings
 
 
-def generate(args, settings: dict):
-    """Load, check the speech (from its header first), generate and write the mp4."""
-    from .media import write_mp4
+def generate(args, settings: dict) -> dict:
+    """Load, then generate and write the mp4 chunk by chunk as the pipeline streams it (`Mp4Writer`:
+    one ffmpeg process, the file appears only when complete). REST reads the speech file in blocks, so
+    neither the audio nor the video is ever held whole. Returns the figures `run` prints."""
+    import resource
+
+    from .config import FPS
+    from .media_stream import Mp4Writer
     from .pipeline import TalkingHeadPipeline
 
     t0 = time.perf_counter()
     pipe = TalkingHeadPipeline.from_pretrained(args.checkpoint)
-    t_load = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    out = pipe(args.image, args.audio, seed=args.seed, **settings)
-    write_mp4(args.out, out.frames, out.audio, out.sample_rate, out.fps)
-    return out, t_load, time.perf_counter() - t0
+    t_load, t0, c0 = time.perf_counter() - t0, time.perf_counter(), time.process_time()
+    stream = pipe.stream(args.image, args.audio, seed=args.seed, **settings)
+    writer, frames, warnings, chunk_s, chunk_cpu_s, last = None, 0, [], [], [], (t0, c0)
+    try:
+        for chunk in stream:  # per chunk: its wall and CPU seconds, generation and writing together
+            writer = writer or Mp4Writer(args.out, chunk.sample_rate, chunk.fps)
+            writer.write(chunk.frames, chunk.audio)
+            frames += len(chunk.frames)
+            warnings += chunk.warnings
+            now = (time.perf_counter(), time.process_time())
+            chunk_s.append(now[0] - last[0])
+            chunk_cpu_s.append(now[1] - last[1])
+            last = now
+        writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    return dict(frames=frames, seconds=frames / FPS, elapsed_s=time.perf_counter() - t0, load_s=t_load,
+                warnings=warnings, timings=stream.timings, chunk_s=chunk_s, chunk_cpu_s=chunk_cpu_s,
+                peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def run(args) -> int:
@@ -94,16 +121,21 @@ def run(args) -> int:
             torch.set_num_threads(args.threads)
         if settings["mode"] != "rest":  # READ's length limit, from the header, before the model loads
             _check_length(args.audio, args.checkpoint)
-        out, t_load, elapsed = generate(args, settings)
+        out = generate(args, settings)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for w in out.warnings:
+    for w in out["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
-    seconds = len(out.frames) / out.fps
-    stages = ", ".join(f"{k} {v:.2f}s" for k, v in out.timings.items())
-    print(f"wrote {args.out}: {len(out.frames)} frames, {seconds:.2f} s")
-    print(f"real-time factor {elapsed / seconds:.3f} ({elapsed:.2f} s for {seconds:.2f} s; model load {t_load:.2f} s; {stages})")
+    seconds, elapsed = out["seconds"], out["elapsed_s"]
+    stages = ", ".join(f"{k} {v:.2f}s" for k, v in out["timings"].items())
+    print(f"wrote {args.out}: {out['frames']} frames, {seconds:.2f} s")
+    print(f"real-time factor {elapsed / seconds:.3f} ({elapsed:.2f} s for {seconds:.2f} s; model load "
+          f"{out['load_s']:.2f} s; {stages}; peak RSS {out['peak_rss_mb']:.0f} MB)")
+    if args.report:
+        from pathlib import Path
+
+        Path(args.report).write_text(json.dumps(dict(out, audio=str(args.audio), mode=settings["mode"] or "read")))
     return 0
 
 

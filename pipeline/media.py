@@ -138,32 +138,34 @@ def decode_audio(path, max_seconds: float | None = None) -> tuple[np.ndarray, in
 ITU_WEIGHTS = {6: (0.707, 0.707, 1.0, 0.0, 0.5, 0.5), 8: (0.707, 0.707, 1.0, 0.0, 0.5, 0.5, 0.5, 0.5)}
 
 
-def downmix(samples: np.ndarray) -> np.ndarray:
-    """(T, C) -> (T,) mono that cannot cancel a voice (for Whisper; the video keeps all channels).
+def downmix_gains(gram: np.ndarray) -> np.ndarray:
+    """Gains (C,) of the mono mix `x @ gains`, from the channels' mean products `gram` (C, C) =
+    x.T @ x / T (a stream passes its running mean: `media_stream.StreamDownmix`).
+    1. Weights: 5.1 and 7.1 use `ITU_WEIGHTS` (LFE dropped); other layouts weigh channels equally.
+    2. Polarity: a channel anti-correlated with the loudest one is inverted, so copies never cancel.
+    3. Level: the mix is scaled to the loudest channel's RMS (a voice on one channel of many keeps
+       its level); a mix still over 20 dB below that channel gives way to that channel alone."""
+    gram = np.asarray(gram, np.float64)
+    c = len(gram)
+    w = np.asarray(ITU_WEIGHTS.get(c, (1.0,) * c), np.float64)
+    rms = np.sqrt(np.maximum(np.diag(gram), 0)) * (w > 0)  # (C,)
+    ref = int(np.argmax(rms))
+    if rms[ref] == 0:
+        return np.zeros(c, np.float32)
+    v = w * np.where(gram[:, ref] < 0, -1.0, 1.0)  # (C,)
+    level = float(np.sqrt(max(v @ gram @ v, 0.0)))
+    if level < 0.1 * rms[ref]:
+        return np.eye(c, dtype=np.float32)[ref]
+    return (v * rms[ref] / level).astype(np.float32)
 
-    1. Weights: 5.1 and 7.1 use `ITU_WEIGHTS` (centre at full weight, LFE dropped); any other
-       layout weighs its channels equally.
-    2. Polarity: a channel anti-correlated with the loudest channel is inverted before summing,
-       so phase-inverted copies add instead of cancelling.
-    3. Level: the mix is scaled to the RMS of the loudest channel, so a voice on one channel of
-       many (the centre of 5.1, the left of a stereo pair) keeps its level. Should a mix still
-       come out over 20 dB below that channel, the loudest channel is used alone.
-    """
+
+def downmix(samples: np.ndarray) -> np.ndarray:
+    """(T, C) -> (T,) mono that cannot cancel a voice (for Whisper; the video keeps all channels);
+    the rule is `downmix_gains`'."""
     x = np.asarray(samples, np.float32)
     if x.ndim == 1 or x.shape[1] == 1:
         return x.reshape(len(x)).copy()
-    c = x.shape[1]
-    w = np.asarray(ITU_WEIGHTS.get(c, (1.0,) * c), np.float32)
-    rms = np.sqrt(np.einsum("tc,tc->c", x, x) / max(len(x), 1)) * (w > 0)  # (C,)
-    ref = int(np.argmax(rms))
-    if rms[ref] == 0:
-        return np.zeros(len(x), np.float32)
-    sign = np.where(x.T @ x[:, ref] < 0, -1.0, 1.0).astype(np.float32)  # (C,)
-    mix = x @ (w * sign)  # (T,)
-    level = float(np.sqrt(np.dot(mix, mix) / len(mix)))
-    if level < 0.1 * rms[ref]:
-        return x[:, ref].copy()
-    return mix * np.float32(rms[ref] / level)
+    return x @ downmix_gains(x.T.astype(np.float64) @ x / max(len(x), 1))
 
 
 def resample(audio: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarray:

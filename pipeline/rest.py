@@ -17,6 +17,8 @@ import torch
 
 from . import vae as vae_lib
 from .config import FPS, SAMPLE_RATE
+from .media import StreamPeak
+from .media_stream import StreamDownmix, float_block
 from .scheduler import inference_timesteps
 from .speech_stream import SpeechStream
 from .streaming import ChunkLayout, ChunkStreamer
@@ -51,8 +53,7 @@ class AudioSpans:
         self.buf, self.start, self.rate = None, 0, None  # start: absolute sample index of buf[0]
 
     def push(self, samples, rate: int) -> None:
-        x = np.asarray(samples)
-        x = x.astype(np.float32) / np.iinfo(x.dtype).max if x.dtype.kind == "i" else x.astype(np.float32)
+        x = float_block(samples)
         self.rate = self.rate or int(rate)
         self.buf = x if self.buf is None else np.concatenate([self.buf, x])
 
@@ -97,6 +98,8 @@ class RestSession:
         self.decoder = vae_lib.StreamingDecoder(vae, holdback=s.holdback, first_holdback=min(8, s.holdback))
         self.frames_out = 0
         self.audio = AudioSpans()
+        self.level, self.mix = StreamPeak(), StreamDownmix()  # READ's peak rule and downmix, causally
+        self.notes: list[str] = []  # warnings not yet handed out (`LiveStream` puts them on the next chunk)
         self.closed = False
 
     def _latents_to_frames(self, code_groups, final: bool) -> list[FrameChunk]:
@@ -119,11 +122,16 @@ class RestSession:
 
     @torch.no_grad()
     def push_audio(self, samples, sample_rate: int) -> list[FrameChunk]:
-        """A block (T,) or (T, C) at `sample_rate` (int or float PCM). Raises RuntimeError once closed."""
+        """A block (T,) or (T, C) at `sample_rate` (int or float PCM). Audio beyond full scale is turned
+        down from then on (`media.StreamPeak`, with a note); channels are mixed for Whisper by
+        `media.downmix`'s rule; the video keeps them. Raises `InputError` for invalid samples,
+        ValueError for a rate that changes, RuntimeError once closed."""
         if self.closed:
             raise RuntimeError("this stream is closed")
-        codes = self.speech.push(samples, sample_rate)  # checks the rate
-        self.audio.push(samples, sample_rate)
+        x, note = self.level(float_block(samples))
+        self.notes += [note] if note else []
+        codes = self.speech.push(self.mix(x), sample_rate)  # checks the rate
+        self.audio.push(x, sample_rate)
         return self._latents_to_frames(codes, final=False)
 
     @torch.no_grad()
@@ -151,13 +159,15 @@ class LiveStream:
     """What `TalkingHeadPipeline.open_stream` returns: `push_audio(samples, sample_rate)` gives the
     chunks that are final, `close()` the rest, each built by `make_chunk(index, num_chunks, frames,
     audio, start_frame, sample_rate, warnings=...)` (the pipeline's `VideoChunk`; num_chunks is 0:
-    a live stream's length is not known). The first chunk carries `warnings`."""
+    a live stream's length is not known). The first chunk carries `warnings`; a warning raised later
+    (audio beyond full scale) rides on the next chunk out."""
 
     def __init__(self, session: RestSession, make_chunk, warnings=()):
         self.session, self.make_chunk, self._warnings, self._index = session, make_chunk, list(warnings), 0
 
     def _wrap(self, chunks: list[FrameChunk]) -> list:
-        out = []
+        out, self._warnings = [], self._warnings + self.session.notes
+        self.session.notes = []
         for c in chunks:
             out.append(self.make_chunk(self._index, 0, c.frames, c.audio, c.start_frame, c.sample_rate,
                                        warnings=self._warnings))

@@ -2,6 +2,7 @@
 30-s ones, first-chunk latency, time per chunk over a long stream, real-time factor, memory.
 
     python -m pipeline.eval.stream_bench --checkpoint assets/model --seconds 300 --threads 2
+    python -m pipeline.eval.stream_bench --cli 10 600 --threads 1   # the CLI itself: peak RSS, per chunk
 
 Audio is synthetic speech (espeak-ng, `data.tts`) repeated to the length asked. It is pushed in
 20-ms blocks as fast as the machine allows; a chunk's latency is the compute from the block that
@@ -11,8 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -210,6 +216,44 @@ def quality(checkpoint, clips=4, seconds=8.0, long_seconds=60.0, seed=9001) -> d
     return out
 
 
+def _trend(x) -> float:
+    """Least-squares slope of x over its index, in ms per 100 items."""
+    return float(np.polyfit(np.arange(len(x)), x, 1)[0] * 1e5) if len(x) > 2 else 0.0
+
+
+def cli_run(seconds: float, checkpoint: str, image: str, threads: int, folder: Path) -> dict:
+    """`python -m pipeline.infer --mode rest` on `seconds` of speech (a 16-bit wav), in its own process:
+    its peak RSS (wait4's ru_maxrss: the process at its largest, the ffmpeg child apart), frames and
+    codecs of the mp4, and its per-chunk seconds (wall and CPU, generation and writing) by tenth."""
+    from ..media import probe, write_wav
+
+    wav, out, report = (folder / f"speech_{seconds:g}s.wav", folder / f"rest_{seconds:g}s.mp4",
+                        folder / f"rest_{seconds:g}s.json")
+    write_wav(wav, test_speech(seconds))
+    cmd = [sys.executable, "-m", "pipeline.infer", "--image", image, "--audio", str(wav), "--out", str(out),
+           "--mode", "rest", "--threads", str(threads), "--checkpoint", checkpoint, "--report", str(report)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the CLI failed with exit code {proc.returncode}")
+    r, info = json.loads(report.read_text()), probe(out)
+    wall, cpu = np.array(r["chunk_s"]), np.array(r["chunk_cpu_s"])
+    return dict(audio_s=seconds, frames=r["frames"], frames_in_mp4=info["frames"], frames_expected=round(seconds * 25),
+                codecs=[info["video"], info["audio"]], peak_rss_mb=usage.ru_maxrss / 1024, chunks=len(wall),
+                rtf=r["elapsed_s"] / seconds, rtf_cpu=float(cpu.sum() / seconds), first_chunk_s=r["timings"].get("first_chunk"),
+                chunk_cpu_median_s=float(np.median(cpu)), chunk_cpu_trend_ms_per_100=_trend(cpu[1:]),
+                chunk_cpu_s_by_tenth=[round(float(np.median(q)), 3) for q in np.array_split(cpu, 10)] if len(cpu) >= 10 else [],
+                chunk_wall_s_by_tenth=[round(float(np.median(q)), 3) for q in np.array_split(wall, 10)] if len(wall) >= 10 else [])
+
+
+def cli_memory(lengths, checkpoint: str, image: str, threads: int) -> dict:
+    """`cli_run` for each length; the peak-RSS ratio of the longest to the shortest."""
+    with tempfile.TemporaryDirectory() as d:
+        runs = [cli_run(s, checkpoint, image, threads, Path(d)) for s in sorted(lengths)]
+    return dict(runs=runs, peak_rss_ratio=runs[-1]["peak_rss_mb"] / runs[0]["peak_rss_mb"])
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default="assets/model")
@@ -224,7 +268,12 @@ def main(argv=None):
     ap.add_argument("--drift", action="store_true", help="also compare stream features with READ's (20 s of speech)")
     ap.add_argument("--quality", type=int, default=0, metavar="CLIPS", help="also READ vs REST on CLIPS held-out clips")
     ap.add_argument("--long-seconds", type=float, default=60.0, help="with --quality: the identity-drift video")
+    ap.add_argument("--cli", type=float, nargs="+", metavar="SECONDS",
+                    help="instead: python -m pipeline.infer --mode rest on speech of these lengths (peak RSS, per chunk)")
     a = ap.parse_args(argv)
+    if a.cli:
+        print(json.dumps(dict(settings=vars(a), cli=cli_memory(a.cli, a.checkpoint, a.image, a.threads)), indent=1))
+        return
     torch.set_num_threads(a.threads)
     parts = load_parts(a.checkpoint)
     out = dict(settings=vars(a))
