@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import face, image as image_io, media, media_stream, rest, sampler, scheduler, speech
+from . import student as student_lib
 from . import vae as vae_lib
 from .config import FPS, SAMPLE_RATE, PipelineConfig, SamplingConfig, check_value, get_preset, resolve_settings
 from .errors import AudioTooLong, InputError
@@ -122,8 +123,7 @@ class TalkingHeadPipeline:
 
     @classmethod
     def from_pretrained(cls, path, whisper: str | None = None, device=None, dtype=None) -> "TalkingHeadPipeline":
-        """Load `save_pretrained` output: pipeline.json + vae/ + speech_ae/ + dit/ (safetensors), and
-        student/ when there is one (REST's distilled DiT: `mode="rest"` runs it instead of dit/).
+        """Load `save_pretrained` output: pipeline.json + vae/ + speech_ae/ + dit/ (+ student/: REST's DiT).
 
         The frozen Whisper encoder is loaded too (from `whisper`, else the config's source), so the
         first request pays no loading time. Raises `InputError` when `path` holds no saved pipeline.
@@ -145,9 +145,7 @@ class TalkingHeadPipeline:
             A2VDiT.from_pretrained(path / "dit", torch_dtype=torch.float32),
             config,
         )
-        from .student import load_student
-
-        pipe.student = load_student(path)
+        pipe.student = student_lib.load_student(path)
         pipe = pipe.to(device, dtype) if (device or dtype) else pipe
         pipe.speech.whisper  # noqa: B018 - load now, not in the first request
         return pipe
@@ -163,9 +161,7 @@ class TalkingHeadPipeline:
             m = copy.deepcopy(model).to(torch.float16) if fp16 else model
             m.save_pretrained(path / name, safe_serialization=True)
         if self.student is not None:
-            from .student import STUDENT_DIR, save_student
-
-            save_student(self.student[0], path / STUDENT_DIR, self.student[1], fp16=fp16)
+            student_lib.save_student(self.student[0], path / student_lib.STUDENT_DIR, self.student[1], fp16=fp16)
         self.config.save(path / "pipeline.json")
 
     def to(self, device=None, dtype=None) -> "TalkingHeadPipeline":
@@ -328,13 +324,7 @@ class TalkingHeadPipeline:
     @torch.no_grad()
     def _live(self, image, settings, generator, seed, rest_settings=None, warnings=()) -> rest.LiveStream:
         x_ref, _, image_warnings = self.preprocess_image(image)
-        dit = self.dit
-        if self.student is not None:  # the distilled student: its chunk sizes, one pass per step (student.py)
-            from .student import student_sampling
-
-            dit, trained = self.student
-            settings = student_sampling(settings, trained)
-            rest_settings = rest_settings or rest.RestSettings(trained.chunk_frames, trained.context_frames)
+        dit, settings, rest_settings = student_lib.for_rest(self.student, self.dit, settings, rest_settings)
         session = rest.RestSession(dit, self.speech_ae, self.vae, self.speech.whisper,
                                    self.speech.feature_extractor, self.config.speech, self.encode_reference(x_ref),
                                    settings, rest_settings or rest.RestSettings(), _generator(generator, seed))
