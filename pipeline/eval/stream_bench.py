@@ -42,6 +42,9 @@ def load_parts(checkpoint: str) -> dict:
                  whisper=whisper.load_whisper(cfg.speech.whisper, encoder_only=True), fe=whisper.load_feature_extractor())
     for m in ("dit", "ae", "vae"):
         parts[m].eval().requires_grad_(False)
+    from ..student import for_rest, load_student  # REST runs the distilled student when the folder has one
+
+    parts["dit"], cfg.sampling, _ = for_rest(load_student(checkpoint), parts["dit"], cfg.sampling)
     return parts
 
 
