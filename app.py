@@ -211,7 +211,7 @@ def live_tab(handlers: Handlers, examples: list) -> LiveHandlers:
             if examples:
                 gr.Examples(examples=[[img] for img, _ in examples], inputs=[image], label="Example portraits")
             mic = gr.Audio(sources=["microphone"], streaming=True, type="numpy", label="Microphone (record, then speak)")
-            stop = gr.Button("Stop", variant="stop")
+            stop = gr.Button("Stop live", variant="stop")
         with gr.Column():
             video = gr.Video(label=f"Live ({OUT_SIZE}×{OUT_SIZE}, REST)", streaming=True, autoplay=True,
                              height=2 * OUT_SIZE + 60, width=2 * OUT_SIZE, interactive=False)
@@ -219,7 +219,7 @@ def live_tab(handlers: Handlers, examples: list) -> LiveHandlers:
                                   elem_id="live-figures")
     private = dict(api_visibility="private")
     mic.start_recording(live.video, image, [video, figures], preprocess=False, **private)
-    mic.stream(live.feed, mic, None, stream_every=0.25, time_limit=3600, concurrency_limit=None, **private)
+    mic.stream(live.feed, mic, None, stream_every=0.5, time_limit=3600, concurrency_limit=None, **private)
     mic.stop_recording(live.finish, None, None, queue=False, **private)
     stop.click(live.stop, None, figures, queue=False, **private)
     return live

@@ -62,7 +62,10 @@ class LiveSession:
         self.clock, self.blocks = clock, queue.Queue()  # (sample_rate, samples, arrival) or None at the end
         self.cancelled, self.ended = threading.Event(), threading.Event()
         self.started = False  # a `segments` loop has claimed it
+        self.last_segment: Path | None = None  # the newest segment's mp4
         self.figures = Figures()
+        self.timing = dict(push_s=0.0, write_s=0.0, segments=0)  # where a session's time went (seconds)
+        self._lock = threading.Lock()  # the arrivals: appended by the worker, read by the consumer
         self._arrivals: list[tuple[int, float]] = []  # (samples received up to here, arrival time), pruned
         self._received, self._rate = 0, None
 
@@ -113,8 +116,9 @@ class LiveSession:
                 break
             if self._rate not in (None, rate):
                 raise InputError(f"The microphone's sample rate changed ({self._rate} → {rate} Hz): start again.")
-            self._rate, self._received = rate, self._received + len(samples)
-            self._arrivals.append((self._received, arrival))
+            with self._lock:
+                self._rate, self._received = rate, self._received + len(samples)
+                self._arrivals.append((self._received, arrival))
             self.figures.audio_s = self._received / rate
             chunks += live.push_audio(samples, rate)
         return chunks
@@ -132,31 +136,69 @@ class LiveSession:
         self._arrivals = self._arrivals[keep or 0 :] if keep is not None else self._arrivals[-1:]
         return out
 
-    def segments(self, open_stream: Callable[[], object], folder: Path, idle_s: float = IDLE_TIMEOUT_S) -> Iterator[Segment]:
-        """Run the session: `open_stream()` (a `rest.LiveStream`), then push the microphone's blocks as
-        they come and yield a `Segment` per group of new frames, until `finish`, `cancel` or `idle_s`
-        without audio. Raises `InputError` (one message for the visitor) for a bad portrait or audio."""
-        from .media import write_mp4
-
-        self.started = True
+    def _generate(self, live, idle_s: float) -> None:
+        """The worker thread: microphone blocks -> chunks on `self.chunks`, then None (errors kept)."""
         try:
-            live = open_stream()
-            while not self.cancelled.is_set():
+            end = False
+            while not end and not self.cancelled.is_set():
                 items, end = self._take(idle_s)
+                t0 = self.clock()
                 chunks = self._push(live, items)
                 chunks += live.close() if end and not self.cancelled.is_set() else []
-                if chunks:
-                    first, frames = chunks[0].start_frame, np.concatenate([c.frames for c in chunks])
-                    path = write_mp4(Path(folder) / f"live_{first:07d}.mp4", frames,
-                                     np.concatenate([c.audio for c in chunks]), chunks[0].sample_rate)
-                    lat = self._latencies(first, len(frames), self.clock())
-                    self.figures.frames += len(frames)
-                    self.figures.latencies = (self.figures.latencies + lat)[-2000:]
-                    yield Segment(path, first, len(frames), lat, self.figures.line("Live"))
-                if end:
-                    return
+                self.timing["push_s"] += self.clock() - t0
+                for c in chunks:
+                    self.chunks.put(c)
+        except Exception as e:  # noqa: BLE001 - handed to the consumer, which raises it
+            self.error = e
         finally:
+            self.chunks.put(None)
+
+    def _ready(self) -> tuple[list, bool]:
+        """The chunks generated so far (waiting for one), and whether the worker has finished."""
+        items = [self.chunks.get()]
+        while True:
+            try:
+                items.append(self.chunks.get_nowait())
+            except queue.Empty:
+                break
+        return [c for c in items if c is not None], None in items
+
+    def segments(self, open_stream: Callable[[], object], folder: Path, idle_s: float = IDLE_TIMEOUT_S) -> Iterator[Segment]:
+        """Run the session: `open_stream()` (a `rest.LiveStream`), then a worker thread pushes the
+        microphone's blocks as they come while this generator writes all the chunks ready so far as one
+        segment and yields it (a slow consumer gets fewer, longer segments; generation never waits for
+        it), until `finish`, `cancel` or `idle_s` without audio. Raises `InputError` (one message for
+        the visitor) for a bad portrait or audio; a bug in the worker is raised here as it was."""
+        from .media import write_mp4
+
+        self.started, self.chunks, self.error, worker = True, queue.Queue(), None, None
+        try:
+            worker = threading.Thread(target=self._generate, args=(open_stream(), idle_s), daemon=True)
+            worker.start()
+            done = False
+            while not done:
+                chunks, done = self._ready()
+                if chunks and not self.cancelled.is_set():
+                    yield self._segment(chunks, Path(folder), write_mp4)
+            if self.error is not None:
+                raise self.error
+        finally:
+            if worker is not None and worker.is_alive():  # closed early (the page went away): stop the worker
+                self.cancel()
             self.ended.set()
+
+    def _segment(self, chunks: list, folder: Path, write_mp4) -> Segment:
+        t1 = self.clock()
+        first, frames = chunks[0].start_frame, np.concatenate([c.frames for c in chunks])
+        path = write_mp4(folder / f"live_{first:07d}.mp4", frames, np.concatenate([c.audio for c in chunks]),
+                         chunks[0].sample_rate)
+        sent, self.last_segment = self.clock(), path
+        with self._lock:
+            lat = self._latencies(first, len(frames), sent)
+        self.figures.frames += len(frames)
+        self.figures.latencies = (self.figures.latencies + lat)[-2000:]
+        self.timing.update(write_s=self.timing["write_s"] + sent - t1, segments=self.timing["segments"] + 1)
+        return Segment(path, first, len(frames), lat, self.figures.line("Live"))
 
 
 class LiveRegistry:
