@@ -22,11 +22,10 @@ from tqdm.auto import tqdm
 from . import face, image as image_io, media, media_stream, rest, sampler, scheduler, speech
 from . import student as student_lib
 from . import vae as vae_lib
+from .photo import stream as photo_stream
 from .config import FPS, SAMPLE_RATE, PipelineConfig, SamplingConfig, check_value, get_preset, resolve_settings
 from .errors import AudioTooLong, InputError
 from .memo import Memo
-
-PHOTO_SIZE = 256  # photo mode's output side, pixels (256-512; 256 keeps the warp within real time on a CPU)
 
 
 @dataclass
@@ -261,65 +260,39 @@ class TalkingHeadPipeline:
         num_frames = max(1, round(seconds * FPS))
         timings: dict = {}
         rgb = self.load_rgb(image)  # decoded once: the photo-mode rule and the diffusion render share it
-        renderer, notes = self._photo_renderer(rgb, settings.render)
-        driver = rgb if renderer is None else self._photo_driver()
+        renderer, notes = photo_stream.choose_renderer(rgb, settings.render)
+        driver = rgb if renderer is None else photo_stream.driver_portrait()
         if settings.mode == "rest":  # chunk-wise under the ID-Context cache (docs/STREAMING.md)
             chunks = self._rest_chunks(driver, speech_in, settings, generator, seed, timings, notes)
         else:
             chunks = self._generate(driver, speech_in, num_frames, settings, generator, seed, progress,
                                     callback_on_step_end, timings, notes)
         if renderer is not None:
-            chunks = self._photo_chunks(chunks, renderer, timings)
+            chunks = photo_stream.warp_stream(chunks, self._photo_warp(renderer, timings))
         return VideoStream(chunks, timings, settings, num_frames)
 
-    # ---------------------------------------------------------------- photo mode
-    def _photo_renderer(self, rgb: np.ndarray, render: str):
-        """(PhotoRenderer or None, notes) for the loaded portrait `rgb`: photo mode for a real photo
-        (`render="auto"`, decided by `photo.is_photo`) or when asked for; a photo without a usable face
-        falls back to the diffusion render with a note saying why."""
-        if render == "diffusion":
-            return None, []
-        from . import photo
-
-        if render == "auto" and not photo.is_photo(rgb):
-            return None, []
-        try:
-            return photo.PhotoRenderer(rgb, size=PHOTO_SIZE), []
-        except InputError as e:
-            return None, [f"Photo mode: {e} The portrait is rendered by the diffusion model instead."]
-
-    def _photo_driver(self) -> np.ndarray:
-        """The synthetic driver portrait READ animates in photo mode (its motion drives the photo)."""
-        from .photo import driver_portrait
-
-        return driver_portrait()
-
-    def _photo_chunks(self, chunks, renderer, timings: dict):
-        """Driver chunks -> the photo's chunks: per frame, the motion reader's mouth, blink and head
-        parameters warp the photo (same frames, same audio). The driver is generated one chunk ahead
-        on a worker thread while this thread warps (`ahead.run_ahead`): the two cores of a CPU Space
-        share the work, and the first chunk comes no later than without it."""
-        import dataclasses
-
-        from .ahead import run_ahead
+    # ---------------------------------------------------------------- photo mode (pipeline/photo/stream.py)
+    def _photo_warp(self, renderer, timings: dict) -> photo_stream.ChunkWarp:
         from .photo import MotionReader
 
-        self._motion_reader = getattr(self, "_motion_reader", None) or MotionReader.load()
-        for chunk in run_ahead(chunks):
-            t0 = time.perf_counter()
-            motion = self._motion_reader.read(chunk.frames, start_frame=chunk.start_frame)
-            frames = renderer.render(motion)
-            timings["photo"] = timings.get("photo", 0.0) + time.perf_counter() - t0
-            yield dataclasses.replace(chunk, frames=frames)
+        self._motion_reader = getattr(self, "_motion_reader", None) or MotionReader.load()  # loaded once
+        return photo_stream.ChunkWarp(renderer, self._motion_reader, timings)
 
     def open_stream(self, image, *, settings: SamplingConfig | None = None, generator: torch.Generator | None = None,
-                    seed: int | None = None, rest_settings: rest.RestSettings | None = None, **given) -> rest.LiveStream:
-        """REST: a live session for speech that arrives in blocks (a microphone). The portrait is
-        encoded and the ID-Sink written now; then `push_audio(samples, sample_rate)` -> `VideoChunk`s
-        and `close()`. `given`: as in `stream`. Raises `InputError` for a bad image, setting or seed."""
+                    seed: int | None = None, rest_settings: rest.RestSettings | None = None, **given):
+        """REST: a live session (`rest.LiveStream`, or `photo.stream.PhotoLive` for a real photo) for
+        speech that arrives in blocks (a microphone). The portrait is encoded and the ID-Sink written
+        now; then `push_audio(samples, sample_rate)` -> `VideoChunk`s and `close()`. A real photo takes
+        photo mode as in `stream` (256² frames). `given`: as in `stream`. Raises `InputError` for a bad
+        image, setting or seed."""
         settings = self.settings(settings, **given)
-        return self._live(image, settings, generator, check_value("seed", seed) if seed is not None else None,
-                          rest_settings)
+        seed = check_value("seed", seed) if seed is not None else None
+        rgb = self.load_rgb(image)
+        renderer, notes = photo_stream.choose_renderer(rgb, settings.render)  # a real photo: photo mode
+        if renderer is None:
+            return self._live(rgb, settings, generator, seed, rest_settings, notes)
+        live = self._live(photo_stream.driver_portrait(), settings, generator, seed, rest_settings, notes)
+        return photo_stream.PhotoLive(live, self._photo_warp(renderer, {}))
 
     @torch.no_grad()
     def _live(self, image, settings, generator, seed, rest_settings=None, warnings=()) -> rest.LiveStream:

@@ -54,3 +54,17 @@ def test_the_warp_beside_the_generation_gives_the_serial_frames(shipped, speech)
     serial = [renderer.render(reader.read(c.frames, start_frame=c.start_frame))
               for c in shipped.stream(driver_portrait(), speech, render="diffusion", seed=3, **FAST)]
     assert np.array_equal(threaded.frames, np.concatenate(serial))
+
+
+def test_a_live_session_animates_a_real_photo_like_the_file_stream(shipped, speech):
+    """open_stream takes photo mode for a real photo too: pushed in blocks, the same frames as
+    stream(mode="rest") of the same audio (which warps beside the generation)."""
+    whole = shipped(str(HOPPER), speech, mode="rest", seed=5, **FAST)
+    live = shipped.open_stream(str(HOPPER), seed=5, num_inference_steps=1, cfg_mode="joint")
+    x, rate, chunks = speech.samples, speech.sample_rate, []
+    for i in range(0, len(x), 7000):
+        chunks += live.push_audio(x[i:i + 7000], rate)
+    chunks += live.close()
+    frames = np.concatenate([c.frames for c in chunks])
+    assert frames.shape[1:] == (256, 256, 3) and len(frames) == len(whole.frames)
+    assert np.array_equal(frames, whole.frames)
