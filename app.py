@@ -219,7 +219,7 @@ def live_tab(handlers: Handlers, examples: list) -> LiveHandlers:
                                   elem_id="live-figures")
     private = dict(api_visibility="private")
     mic.start_recording(live.video, image, [video, figures], preprocess=False, **private)
-    mic.stream(live.feed, mic, None, stream_every=0.5, time_limit=3600, concurrency_limit=None, **private)
+    mic.stream(live.feed, mic, None, stream_every=0.5, time_limit=3600, concurrency_limit=None, **private)  # 0.1-s blocks
     mic.stop_recording(live.finish, None, None, queue=False, **private)
     stop.click(live.stop, None, figures, queue=False, **private)
     return live

@@ -82,8 +82,12 @@ def latencies(samples: list, capture_start: float, origin: float) -> np.ndarray:
 def measure(browser, url: str, seconds: float, stop_timeout_s: float = 10.0, registry=None) -> dict:
     """Record for `seconds` of page time after the first frame plays, press Stop; the figures (with the
     server's own timing of the session when its `LiveRegistry` is given)."""
+    import resource
+
     page, record = open_live_tab(browser, url)
+    cpu0 = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     record.click()
+    t_click = time.perf_counter()
     page.wait_for_function("() => window.__samples.some(s => s[1] > 0 && !s[2])", timeout=120_000)
     page.wait_for_timeout(seconds * 1000)
     samples, gum = page.evaluate("() => window.__samples"), page.evaluate("() => window.__gum")
@@ -92,8 +96,13 @@ def measure(browser, url: str, seconds: float, stop_timeout_s: float = 10.0, reg
     page.get_by_text("Stopped ·").wait_for(timeout=stop_timeout_s * 1000)
     stop_s = time.perf_counter() - t_stop
     figures = page.locator("#live-figures").inner_text()
+    cpu = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    server_cpu = [b.ru_utime + b.ru_stime - a.ru_utime - a.ru_stime for a, b in zip(cpu0, cpu)]
     sessions = list(registry._sessions.values()) if registry is not None else []
     timing = dict(sessions[-1].timing, audio_in_s=sessions[-1].figures.audio_s) if sessions else None
+    if timing:  # CPU seconds per second of speech: the server (model, gradio) and its ffmpeg children
+        timing.update(cpu_per_audio_s=server_cpu[0] / timing["audio_in_s"], ffmpeg_cpu_per_audio_s=server_cpu[1] / timing["audio_in_s"],
+                      audio_in_per_capture_s=timing["audio_in_s"] / ((time.perf_counter() - t_click) or 1))
     first = next(s for s in samples if s[1] > 0 and not s[2])
     origin = first[4][0] if first[4] else 0.0  # the stream's first buffered time: frame 0 of the video
     lat = latencies(samples, gum[-1], origin)
