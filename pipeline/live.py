@@ -44,10 +44,14 @@ class Figures:
     audio_s: float = 0.0
     frames: int = 0
     latencies: list[float] = field(default_factory=list)
+    span_s: float = 0.0  # wall time from the first block's arrival to the last one's end
 
     def line(self, state: str) -> str:
         lat = np.asarray(self.latencies[-2000:])  # the recent ones (bounded)
         head = f"{state} · {self.audio_s:.1f} s of speech in, {self.frames} frames out ({self.frames / FPS:.1f} s)"
+        if self.span_s > 2 and self.audio_s < 0.9 * self.span_s:  # a microphone streams without pause
+            head += (f" · ⚠️ only {100 * self.audio_s / self.span_s:.0f} % of the microphone's audio reached the "
+                     "server (too busy: Gradio drops blocks it cannot take in time)")
         if not lat.size:
             return head
         return (f"{head} · microphone block received → its frames sent: median {np.median(lat):.2f} s, "
@@ -67,7 +71,7 @@ class LiveSession:
         self.timing = dict(push_s=0.0, write_s=0.0, segments=0)  # where a session's time went (seconds)
         self._lock = threading.Lock()  # the arrivals: appended by the worker, read by the consumer
         self._arrivals: list[tuple[int, float]] = []  # (samples received up to here, arrival time), pruned
-        self._received, self._rate = 0, None
+        self._received, self._rate, self._first_arrival = 0, None, None
 
     @property
     def finished(self) -> bool:
@@ -119,7 +123,10 @@ class LiveSession:
             with self._lock:
                 self._rate, self._received = rate, self._received + len(samples)
                 self._arrivals.append((self._received, arrival))
+                if self._first_arrival is None:  # when the first block began, by its length
+                    self._first_arrival = arrival - len(samples) / rate
             self.figures.audio_s = self._received / rate
+            self.figures.span_s = arrival - self._first_arrival
             chunks += live.push_audio(samples, rate)
         return chunks
 
@@ -232,6 +239,7 @@ class LiveRegistry:
             return s
 
     def get(self, key: str) -> LiveSession | None:
+        """The session filed under `key` (running, ended or stopped), or None."""
         with self._lock:
             return self._sessions.get(key)
 

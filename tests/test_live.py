@@ -88,3 +88,10 @@ def test_registry_pairs_the_microphone_with_the_generator():
     assert reg.for_audio("tab") is None  # after Stop, the still-recording microphone is ignored
     reg.close("tab")
     assert reg.get("tab") is None
+
+
+def test_figures_say_when_microphone_audio_was_lost():
+    from pipeline.live import Figures
+
+    assert "only 30 % of the microphone's audio" in Figures(audio_s=3.0, span_s=10.0).line("Live")
+    assert "%" not in Figures(audio_s=9.8, span_s=10.0, frames=245, latencies=[1.0, 2.0]).line("Live")
