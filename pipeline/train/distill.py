@@ -168,7 +168,7 @@ def asd_loss(module, student, teacher, b: dict, plan: Plan):
 
 def parse_args(argv=None):
     p = base_parser("REST's streaming student by Asynchronous Streaming Distillation")
-    p.set_defaults(steps=500, batch_size=8, lr=1e-4, val_every=100, save_every=100, save_minutes=5.0)
+    p.set_defaults(steps=300, batch_size=8, lr=1e-4, val_every=100, save_every=100, save_minutes=5.0)
     p.add_argument("--teacher", default="assets/model", help="saved READ pipeline: teacher, initialisation, caches")
     p.add_argument("--method", choices=["asd", "plain"], default="asd",
                    help="asd: distillation + flow matching; plain: flow matching alone (the comparison)")
