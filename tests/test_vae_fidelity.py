@@ -90,3 +90,31 @@ def test_reader_check_reads_ground_truth_and_not_shuffled_truth():
     box, true = clip.gt["mouth_box"], clip.gt["openness"]
     assert reader_check(reader, clip.frames, box, true) >= READER_BAR
     assert reader_check(reader, clip.frames, box, np.random.default_rng(0).permutation(true)) < 0.5
+
+
+def test_a_wider_decoder_takes_only_the_encoder_of_a_saved_vae(tmp_path):
+    """`--init-encoder-only`: the encoder (so the latents the DiT was trained on) comes from the saved
+    VAE, the wider decoder keeps its own initialisation; a folder without the encoder is refused."""
+    from pipeline.train.common import load_weights
+
+    torch.manual_seed(0)
+    saved = build_vae(VAEConfig(kwargs=dict(TINY_VAE)))
+    saved.save_pretrained(tmp_path / "tiny")
+    wide = build_vae(VAEConfig(kwargs=dict(TINY_VAE, decoder_block_out_channels=(48, 96, 192, 192))))
+    decoder_before = {k: v.clone() for k, v in wide.decoder.state_dict().items()}
+    load_weights(tmp_path / "tiny", wide, prefix="encoder.")
+    for k, v in saved.encoder.state_dict().items():
+        assert torch.equal(wide.encoder.state_dict()[k], v), k
+    assert all(torch.equal(wide.decoder.state_dict()[k], v) for k, v in decoder_before.items())
+    x = torch.rand(1, 3, 1, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(wide.encode(x).latent_dist.mode(), saved.encode(x).latent_dist.mode())
+    with pytest.raises(RuntimeError, match="size mismatch"):  # another encoder: torch's own refusal
+        load_weights(tmp_path / "tiny", build_vae(VAEConfig(kwargs=dict(FIDELITY_VAE))), prefix="encoder.")
+    from safetensors.torch import save_file
+
+    (tmp_path / "decoder_only").mkdir()
+    save_file({f"decoder.{k}": v.contiguous() for k, v in saved.decoder.state_dict().items()},
+              str(tmp_path / "decoder_only" / "model.safetensors"))
+    with pytest.raises(KeyError, match="encoder"):
+        load_weights(tmp_path / "decoder_only", wide, prefix="encoder.")

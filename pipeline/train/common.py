@@ -90,11 +90,22 @@ def load_checkpoint(folder, model, optimizer=None, ema=None) -> dict:
     return meta
 
 
-def load_weights(folder, model) -> None:
-    """Model weights only, from a training checkpoint (`save_checkpoint`) or a `save_pretrained` folder."""
+def load_weights(folder, model, prefix: str = "") -> None:
+    """Model weights only, from a training checkpoint (`save_checkpoint`) or a `save_pretrained` folder.
+
+    prefix: load only the parameters whose names start with it (e.g. "encoder."), all of them; the
+    rest of `model` keeps its initialisation. Raises KeyError when the folder lacks one of them.
+    """
     folder = Path(folder)
     name = "model.safetensors" if (folder / "model.safetensors").exists() else "diffusion_pytorch_model.safetensors"
-    model.load_state_dict(load_file(str(folder / name)))
+    state = load_file(str(folder / name))
+    if not prefix:
+        model.load_state_dict(state)
+        return
+    wanted = [k for k in model.state_dict() if k.startswith(prefix)]
+    if missing := [k for k in wanted if k not in state]:
+        raise KeyError(f"{folder} has no {missing[0]} (and {len(missing) - 1} more) for prefix {prefix!r}")
+    model.load_state_dict({k: state[k] for k in wanted}, strict=False)
 
 
 def load_vae(folder, like=None):

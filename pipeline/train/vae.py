@@ -118,12 +118,14 @@ def parse_args(argv=None):
     p.add_argument("--vae-kwargs", help="JSON dict replacing the config's AutoencoderKLLTXVideo kwargs")
     p.add_argument("--channels", help="comma-separated block_out_channels override, e.g. 32,32,64,64")
     p.add_argument("--init-from", help="checkpoint or save_pretrained folder to start from (weights only)")
+    p.add_argument("--init-encoder-only", action="store_true",
+                   help="take only the encoder from --init-from (a new decoder, e.g. wider, on the same latents)")
     p.add_argument("--freeze-encoder", action="store_true", help="train the decoder only, on posterior means")
     p.add_argument("--deterministic", action="store_true", help="decode the posterior mean (no sampling noise)")
     p.add_argument("--export-dtype", choices=["fp32", "fp16"], default="fp32", help="dtype of the exported OUT/vae")
     args = p.parse_args(argv)
     if args.freeze_encoder:  # latents stay exactly as cached for the DiT; only the decoder improves
-        args.deterministic, args.image_steps = True, 0
+        args.deterministic = True
     args.image_batch = args.image_batch or 4 * args.batch_size
     return args
 
@@ -136,7 +138,7 @@ def build(args):
         kwargs.update(block_out_channels=ch, decoder_block_out_channels=ch)
     vae = build_vae(VAEConfig(kwargs=kwargs))
     if args.init_from:  # weights only (no optimizer): a checkpoint folder or a save_pretrained folder
-        load_weights(args.init_from, vae)
+        load_weights(args.init_from, vae, prefix="encoder." if args.init_encoder_only else "")
     if args.freeze_encoder:
         vae.encoder.requires_grad_(False)
     return vae
