@@ -6,8 +6,9 @@
 
 Every timing goes through `TalkingHeadPipeline.stream`, the one sampling path; the stage split
 comes from the `timings` its `VideoStream` fills (reference, whisper, speech_ae, dit, decode), and
-`media.write_mp4` is the mux. A run is measured at the given settings and at the app defaults
-(`serving.APP_SETTINGS`, the constants the app itself uses).
+`media_stream.Mp4Writer` writes the mp4 as the chunks come, as the CLI does ("mp4 mux": the time spent
+handing chunks to ffmpeg and finishing the file). A run is measured at the given settings and at the
+app defaults (`serving.APP_SETTINGS`, the constants the app itself uses).
 
 DiT efficiency = counted FLOPs of one batched CFG forward (FlopCounterMode) x forwards of the run
 / measured DiT seconds, over the peak of a large matmul measured in the same process and dtype.
@@ -37,7 +38,7 @@ SPEECH = ROOT / "assets" / "examples" / "speech_2.wav"
 PORTRAIT = ROOT / "assets" / "examples" / "portrait_2.png"
 COMPONENTS = [  # (key, label) in pipeline order; the markdown table has one row each
     ("whisper", "Whisper encoder"), ("speech_ae", "SpeechAE"), ("reference", "Reference (VAE encode)"),
-    ("dit", "DiT (all sampling)"), ("decode", "VAE decode"), ("mux", "mp4 mux"),
+    ("dit", "DiT (all sampling)"), ("decode", "VAE decode"), ("mux", "mp4 writing (as chunks come)"),
 ]
 SETTING_KEYS = ("num_inference_steps", "cfg_mode", "alpha", "beta", "shift", "clip_latent_frames")
 
@@ -83,27 +84,35 @@ def _forward_hooks(pipe, store: dict):
 
 
 def time_generation(pipe, image, wav: np.ndarray, settings: dict, out_path: Path) -> dict:
-    """One generation, audio in -> mp4 out, through `stream`: seconds per stage, first clip, total."""
-    from ..media import write_mp4
+    """One generation, audio in -> mp4 out, through `stream`, the mp4 written chunk by chunk as the CLI
+    writes it (`media_stream.Mp4Writer`: ffmpeg encodes beside the generation): seconds per stage,
+    first clip, total."""
+    from ..media_stream import Mp4Writer
 
-    hooked, clips, first = {}, [], None
+    hooked, first, writer, mux, frames = {}, None, None, 0.0, 0
     with _forward_hooks(pipe, hooked):
         t0 = time.perf_counter()
         stream = pipe.stream(image, wav, progress=False, **settings)
-        for clip in stream:
-            first = time.perf_counter() - t0 if first is None else first
-            clips.append(clip)
-        t1 = time.perf_counter()
-        frames, audio = np.concatenate([c.frames for c in clips]), np.concatenate([c.audio for c in clips])
-        write_mp4(out_path, frames, audio, clips[0].sample_rate, clips[0].fps)
+        try:
+            for clip in stream:
+                first = time.perf_counter() - t0 if first is None else first
+                t1 = time.perf_counter()
+                writer = writer or Mp4Writer(out_path, clip.sample_rate, clip.fps)
+                writer.write(clip.frames, clip.audio)
+                mux, frames, num_clips = mux + time.perf_counter() - t1, frames + len(clip.frames), clip.num_chunks
+            t1 = time.perf_counter()
+            writer.close()
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
         t2 = time.perf_counter()
     timings = stream.timings
     return dict(
         whisper=timings.get("whisper", 0.0), speech_ae=timings.get("speech_ae", 0.0),
-        reference=timings["reference"], dit=timings["dit"], decode=timings["decode"], mux=t2 - t1,
-        photo=timings.get("photo", 0.0),
-        dit_forward=hooked["dit_forward"], total=t2 - t0, first_clip=first,
-        first_clip_from_timings=timings["first_chunk"], num_clips=clips[0].num_chunks, frames=len(frames),
+        reference=timings["reference"], dit=timings["dit"], decode=timings["decode"], mux=mux + t2 - t1,
+        photo=timings.get("photo", 0.0), dit_forward=hooked["dit_forward"], total=t2 - t0, first_clip=first,
+        first_clip_from_timings=timings["first_chunk"], num_clips=num_clips, frames=frames,
     )
 
 
