@@ -26,9 +26,10 @@ SETTINGS = {
 
 
 def weights_hash(model: Path = MODEL) -> str:
-    """SHA-256 over the relative paths and bytes of every safetensors file of a saved pipeline."""
+    """SHA-256 over the relative paths and bytes of the safetensors files the pinned READ frames depend
+    on: every one of the saved pipeline but the REST student's (`student/`, which READ never runs)."""
     h = hashlib.sha256()
-    for p in sorted(model.rglob("*.safetensors")):
+    for p in sorted(q for q in model.rglob("*.safetensors") if q.relative_to(model).parts[0] != "student"):
         h.update(p.relative_to(model).as_posix().encode())
         h.update(p.read_bytes())
     return h.hexdigest()
