@@ -21,6 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SPACE_FILES = ("app.py", "requirements.txt", "packages.txt", "README.md", "pipeline/", "assets/", "docs/")
+NOT_SHIPPED = ("assets/training/",)  # weights kept to resume training (docs/TRAINING.md); the app never loads them
 BINARY = ("*.safetensors", "*.tflite", "*.wav", "*.png", "*.jpg", "*.jpeg", "*.npz", "*.mp4")
 LFS_MIN_BYTES = 10 * 2**20  # the Hub's limit for a plain git blob
 
@@ -28,7 +29,7 @@ LFS_MIN_BYTES = 10 * 2**20  # the Hub's limit for a plain git blob
 def space_files(root: Path = ROOT) -> list[str]:
     """The tracked files a Space needs (tests and CI stay behind), as paths relative to `root`."""
     listed = subprocess.run(["git", "ls-files", *SPACE_FILES], cwd=root, capture_output=True, text=True, check=True)
-    return [f for f in listed.stdout.splitlines() if (root / f).is_file()]
+    return [f for f in listed.stdout.splitlines() if (root / f).is_file() and not f.startswith(NOT_SHIPPED)]
 
 
 def gitattributes(root: Path, files: list[str]) -> str:
