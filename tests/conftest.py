@@ -98,3 +98,13 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield b
         b.close()
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test: tiny ops gain nothing from a second thread, and on a busy
+    machine its barriers cost ~30x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

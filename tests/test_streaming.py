@@ -11,13 +11,7 @@ from .conftest import randomize
 C, M, DA = 4, 3, 6  # latent channels, speech tokens per frame, code width
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny ops gain nothing from a second thread, and on a busy machine its barriers cost ~30x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: torch on one thread
 
 
 def _dit(depth=2):
