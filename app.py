@@ -210,14 +210,15 @@ def live_tab(handlers: Handlers, examples: list) -> LiveHandlers:
                                    value=examples[0][0] if examples else None)
             if examples:
                 gr.Examples(examples=[[img] for img, _ in examples], inputs=[image], label="Example portraits")
-            mic = gr.Audio(sources=["microphone"], streaming=True, type="numpy", label="Microphone (record, then speak)")
+            mic = gr.Audio(sources=["microphone"], streaming=True, type="numpy", label="Microphone (record, then speak)",
+                           waveform_options=gr.WaveformOptions(show_recording_waveform=False))  # spares the visitor's CPU
             stop = gr.Button("Stop live", variant="stop")
         with gr.Column():
             video = gr.Video(label=f"Live ({OUT_SIZE}×{OUT_SIZE}, REST)", streaming=True, autoplay=True,
                              height=2 * OUT_SIZE + 60, width=2 * OUT_SIZE, interactive=False)
             figures = gr.Markdown("Press record and speak: the head follows your voice chunk by chunk.",
                                   elem_id="live-figures")
-    private = dict(api_visibility="private")
+    private = dict(api_visibility="private", show_progress="hidden")  # no overlay redrawn for the whole stream
     mic.start_recording(live.video, image, [video, figures], preprocess=False, **private)
     mic.stream(live.feed, mic, None, stream_every=0.5, time_limit=3600, concurrency_limit=None, **private)  # 0.1-s blocks
     mic.stop_recording(live.finish, None, None, queue=False, **private)

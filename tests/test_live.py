@@ -6,7 +6,7 @@ import pytest
 
 from pipeline import media
 from pipeline.errors import InputError
-from pipeline.live import LiveRegistry, LiveSession, run
+from pipeline.live import LIVE_NUM_INFERENCE_STEPS, LiveRegistry, LiveSession, open_live, run
 
 
 def mic_blocks(wav16k, rate=48000, block_s=0.25):
@@ -95,3 +95,18 @@ def test_figures_say_when_microphone_audio_was_lost():
 
     assert "only 30 % of the microphone's audio" in Figures(audio_s=3.0, span_s=10.0).line("Live")
     assert "%" not in Figures(audio_s=9.8, span_s=10.0, frames=245, latencies=[1.0, 2.0]).line("Live")
+
+
+def test_live_runs_the_student_at_two_steps_and_the_read_dit_at_the_request_default(portrait):
+    class Pipe:  # records what the Live tab asks the pipeline for
+        def __init__(self, student):
+            self.student, self.asked = student, None
+
+        def open_stream(self, image, **kwargs):
+            self.asked = kwargs
+
+    with_student, without = Pipe(student=object()), Pipe(student=None)
+    open_live(with_student, portrait)
+    open_live(without, portrait)
+    assert with_student.asked["num_inference_steps"] == LIVE_NUM_INFERENCE_STEPS == 2
+    assert without.asked["num_inference_steps"] is None  # None: the model's own default
