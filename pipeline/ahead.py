@@ -1,18 +1,28 @@
 """Run an iterator ahead of its consumer, on a worker thread.
 
-Photo mode uses it to put the two halves of its work on the two cores of a CPU Space: READ
-generates clip k + 1 on the worker while the calling thread warps the photo for clip k. Torch,
-OpenCV and numpy release the GIL inside their kernels, so the halves really run side by side.
+READ uses it to put its two halves on the two cores of a CPU Space when torch leaves a core free:
+the DiT samples clip k + 1 on the worker while the calling thread decodes clip k; photo mode adds
+a third stage the same way (the warp of the photo for the clip before). Torch, OpenCV and numpy
+release the GIL inside their kernels, so the stages really run side by side.
 """
 from __future__ import annotations
 
 import contextvars
+import os
 import queue
 import threading
 from typing import Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 _END = object()
+
+
+def spare_core() -> bool:
+    """Whether torch's intra-op threads leave one of this process's CPU cores free for a second stage."""
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return torch.get_num_threads() < cores
 
 
 def run_ahead(iterable: Iterable[T], depth: int = 1) -> Iterator[T]:

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from . import face, image as image_io, media, media_stream, rest, sampler, scheduler, speech
 from . import student as student_lib
+from .ahead import run_ahead, spare_core
 from . import vae as vae_lib
 from .photo import stream as photo_stream
 from .config import FPS, SAMPLE_RATE, PipelineConfig, SamplingConfig, check_value, get_preset, resolve_settings
@@ -349,7 +350,10 @@ class TalkingHeadPipeline:
                                      scheduler.inference_timesteps(steps, settings.shift), f, callback=on_step,
                                      motion_guidance=settings.motion_guidance)
         decoder, emitted, index = vae_lib.StreamingDecoder(self.vae), 0, 0
-        for j, latents in _timed(clips, timings, "dit"):
+        clips = _timed(clips, timings, "dit")
+        if spare_core():  # the DiT samples clip j + 1 on a worker while this thread decodes clip j
+            clips = run_ahead(clips)
+        for j, latents in clips:
             t0 = time.perf_counter()
             pixels = decoder.push(latents, final=(j == k - 1))
             timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - t0

@@ -32,6 +32,20 @@ def test_stream_equals_call_and_same_seed_same_video(small_pipe, portrait, speec
     assert np.array_equal(small_pipe(portrait, speech_wav, generator=g, progress=False).frames, whole.frames)
 
 
+def test_dit_ahead_of_the_decode_gives_the_same_frames(small_pipe, portrait, speech_wav, monkeypatch):
+    """With a spare core the DiT samples clip j + 1 on a worker while clip j is decoded: same frames."""
+    import pipeline.pipeline as pl
+    from pipeline.ahead import run_ahead
+
+    calls, frames = [], {}
+    monkeypatch.setattr(pl, "run_ahead", lambda it: calls.append(1) or run_ahead(it))
+    for spare in (False, True):
+        monkeypatch.setattr(pl, "spare_core", lambda spare=spare: spare)
+        frames[spare] = small_pipe(portrait, speech_wav, seed=3, progress=False).frames
+    assert calls == [1]  # the overlapped path ran once, for the spare-core call
+    assert np.array_equal(frames[False], frames[True])
+
+
 def test_repeated_inputs_reuse_whisper_codes_and_reference(small_pipe, portrait, speech_wav, monkeypatch):
     from pipeline import whisper
 
