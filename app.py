@@ -22,6 +22,7 @@ import gradio as gr
 
 from pipeline import app_support as sup
 from pipeline import live as live_lib
+from pipeline.live_ui import build_live_tab
 from pipeline import serving
 from pipeline.errors import InputError
 
@@ -164,68 +165,6 @@ class Handlers:
         return (str(path) if path else None), status
 
 
-class LiveHandlers:
-    """The Live tab's events over `pipeline.live` (microphone blocks in, REST segments out)."""
-
-    def __init__(self, handlers: Handlers):
-        self.sessions, self.cache = handlers.live_sessions, handlers.cache
-
-    def video(self, image, request: gr.Request):
-        """Recording started: (new segment or skip, figures line) until the microphone or Stop ends it."""
-        try:
-            for path, status in live_lib.run(self.sessions, request.session_hash, self.cache.get, sup.file_path(image)):
-                yield (path if path else gr.skip()), status
-        except InputError as e:
-            raise gr.Error(str(e)) from None
-
-    def feed(self, chunk, request: gr.Request) -> None:
-        """One microphone block, (sample rate, int16 samples): queued for the session's generator."""
-        session = self.sessions.for_audio(request.session_hash) if chunk is not None else None
-        if session is not None:
-            session.feed(*chunk)
-
-    def finish(self, request: gr.Request) -> None:
-        """The microphone stopped: the session generates what it still owes, then ends."""
-        if (session := self.sessions.get(request.session_hash)) is not None:
-            session.finish()
-
-    def stop(self, request: gr.Request) -> str:
-        """Stop: the session ends now (its generator sees it within one push)."""
-        session = self.sessions.get(request.session_hash)
-        if session is None:
-            return "Nothing to stop."
-        session.cancel()
-        return session.figures.line("Stopped")
-
-    def unload(self, request: gr.Request) -> None:
-        self.sessions.close(request.session_hash)
-
-
-def live_tab(handlers: Handlers, examples: list) -> LiveHandlers:
-    """A portrait, the microphone streaming in, the talking head streaming out (REST), Stop, figures."""
-    live = LiveHandlers(handlers)
-    with gr.Row(equal_height=False):
-        with gr.Column():
-            image = portrait_input(label="Portrait", sources=["upload", "clipboard"], height=256,
-                                   value=examples[0][0] if examples else None)
-            if examples:
-                gr.Examples(examples=[[img] for img, _ in examples], inputs=[image], label="Example portraits")
-            mic = gr.Audio(sources=["microphone"], streaming=True, type="numpy", label="Microphone (record, then speak)",
-                           waveform_options=gr.WaveformOptions(show_recording_waveform=False))  # spares the visitor's CPU
-            stop = gr.Button("Stop live", variant="stop")
-        with gr.Column():
-            video = gr.Video(label=f"Live ({OUT_SIZE}×{OUT_SIZE}, REST)", streaming=True, autoplay=True,
-                             height=2 * OUT_SIZE + 60, width=2 * OUT_SIZE, interactive=False)
-            figures = gr.Markdown("Press record and speak: the head follows your voice chunk by chunk.",
-                                  elem_id="live-figures")
-    private = dict(api_visibility="private", show_progress="hidden")  # no overlay redrawn for the whole stream
-    mic.start_recording(live.video, image, [video, figures], preprocess=False, **private)
-    mic.stream(live.feed, mic, None, stream_every=0.5, time_limit=3600, concurrency_limit=None, **private)  # 0.1-s blocks
-    mic.stop_recording(live.finish, None, None, queue=False, **private)
-    stop.click(live.stop, None, figures, queue=False, **private)
-    return live
-
-
 def speech_inputs():
     """The speech source switch, the audio input and the text-to-speech group, each with a note line."""
     source = gr.Radio([SOURCE_AUDIO, SOURCE_TEXT], value=SOURCE_AUDIO, label="Speech")
@@ -340,7 +279,7 @@ def build_demo(pipeline=None, *, checkpoint=serving.DEFAULT_CHECKPOINT, examples
         with gr.Tab("Generate"):
             generate_tab(handlers, examples, can_stream)
         with gr.Tab("Live"):
-            live = live_tab(handlers, examples)
+            live = build_live_tab(handlers.live_sessions, handlers.cache.get, examples, portrait_input, OUT_SIZE)
         demo.unload(live.unload)
         if study is not None:  # `--study`: the Study tab (pipeline/study, docs/STUDY.md); none without it
             from pipeline.study.ui import build_study_tab
