@@ -6,7 +6,8 @@ Every step trains on a batch of single frames encoded alone (how the reference i
 make that frame excellent) and, after the first `--image-steps` steps, also on (1 + 8k)-frame video
 windows. Single frames first leave the initial mean-image plateau far sooner than video windows do.
 Loss: MSE + L1 on pixels, an extra L1 on the mouth box (the detail lip-sync lives in), a small KL and
-a mouth probe on the latents (`VAEObjective`). Validation (EMA weights, `--heldout` clips when
+a mouth probe on the latents (`VAEObjective`); the decoder sees the posterior mean unless
+`--sample-posterior`. Validation (EMA weights, `--heldout` clips when
 given) reports PSNR of single frames, of video windows and of their mouth box. At the end the latent
 statistics are written into the VAE's own `latents_mean` / `latents_std` buffers and the VAE is saved
 with `save_pretrained` in `OUT/vae`. Re-running with `--steps` equal to the checkpoint's step
@@ -14,6 +15,7 @@ exports that checkpoint without training.
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 
@@ -121,11 +123,15 @@ def parse_args(argv=None):
     p.add_argument("--init-encoder-only", action="store_true",
                    help="take only the encoder from --init-from (a new decoder, e.g. wider, on the same latents)")
     p.add_argument("--freeze-encoder", action="store_true", help="train the decoder only, on posterior means")
-    p.add_argument("--deterministic", action="store_true", help="decode the posterior mean (no sampling noise)")
+    p.add_argument("--sample-posterior", action="store_true",
+                   help="decode a posterior sample, as a classic VAE does (default: the posterior mean, as every "
+                        "shipped VAE was trained: their log-variance channel never learnt, std 1 against means "
+                        "that spread ~0.17, so samples would drown the signal)")
+    p.add_argument("--deterministic", action="store_true", help=argparse.SUPPRESS)  # the default now; old commands
     p.add_argument("--export-dtype", choices=["fp32", "fp16"], default="fp32", help="dtype of the exported OUT/vae")
     args = p.parse_args(argv)
     if args.freeze_encoder:  # latents stay exactly as cached for the DiT; only the decoder improves
-        args.deterministic = True
+        args.sample_posterior = False
     args.image_batch = args.image_batch or 4 * args.batch_size
     return args
 
@@ -165,7 +171,7 @@ def main(argv=None):
     args = parse_args(argv)
     acc = make_accelerator(args)
     vae = build(args)
-    objective = VAEObjective(vae, sample=not args.deterministic)
+    objective = VAEObjective(vae, sample=args.sample_posterior)
     ema = copy.deepcopy(vae).requires_grad_(False) if args.ema else None
     opt = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
     data = VAEData(args)
