@@ -148,7 +148,9 @@ def generate(sample: Callable[..., Iterator], request: GenerationRequest, *, chu
         path = write_chunk(folder, chunk) if chunks else None
         warnings = tuple(chunk.warnings) + ((note,) if note and chunk.index == 0 else ())
         of = f" of {chunk.num_chunks}" if chunk.num_chunks else ""  # REST streams do not know their length
-        yield Update(path, None, f"Showing chunk {chunk.index + 1}{of}; generating the next…", warnings)
+        last = chunk.num_chunks and chunk.index + 1 == chunk.num_chunks
+        yield Update(path, None, f"Showing chunk {chunk.index + 1}{of}; "
+                     + ("writing the whole video…" if last else "generating the next…"), warnings)
     report(1.0, "Writing the whole video")
     final = whole.write(folder / download_name(request, wall0))
     total = time.perf_counter() - t0

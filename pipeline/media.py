@@ -215,11 +215,9 @@ def _as_float(data) -> np.ndarray:
 def make_speech(data, rate: int, max_seconds: float | None = None, min_seconds: float = 1 / FPS) -> Speech:
     """Samples (T,) or (T, C) at `rate` -> validated `Speech` (see `load_speech`)."""
     x = _as_float(data)
-    rate = int(rate)
+    rate = check_sample_rate(rate)
     if x.size == 0:
         raise InputError("the audio has no samples")
-    if not AUDIO_RATES[0] <= rate <= AUDIO_RATES[1]:
-        raise InputError(f"unsupported audio sample rate {rate} Hz")
     seconds = len(x) / rate
     if seconds < min_seconds:
         raise InputError(f"the audio is {seconds * 1000:.0f} ms long: shorter than one video frame (40 ms)")
@@ -334,6 +332,25 @@ def check_output_path(path) -> Path:
     return p
 
 
+def publish_file(tmp, path) -> Path:
+    """Rename a finished temporary file (made by `tempfile.mkstemp`, mode 0600) to `path`, with the
+    permissions a file created normally would get (0666 less the process umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+    return Path(path)
+
+
+def check_sample_rate(rate) -> int:
+    """`rate` as an int; raises `InputError` unless it is a whole number of Hz in `AUDIO_RATES`."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, np.integer, float, np.floating)) or int(rate) != rate \
+            or not AUDIO_RATES[0] <= rate <= AUDIO_RATES[1]:
+        raise InputError(f"unsupported audio sample rate {rate} Hz: use a whole number of Hz between "
+                         f"{AUDIO_RATES[0]} and {AUDIO_RATES[1]}")
+    return int(rate)
+
+
 def write_mp4(path, frames: np.ndarray, audio: np.ndarray | None, sample_rate: int = SAMPLE_RATE,
               fps: int = FPS) -> Path:
     """Frames uint8 (T, H, W, 3) + audio (T_a,) or (T_a, C) at any rate -> H.264/AAC mp4, atomically.
@@ -364,7 +381,7 @@ def write_mp4(path, frames: np.ndarray, audio: np.ndarray | None, sample_rate: i
             proc = subprocess.run(cmd, input=frames.tobytes(), capture_output=True)
         if proc.returncode != 0:
             raise RuntimeError(f"ffmpeg failed: {proc.stderr.decode(errors='replace')[-500:]}")
-        os.replace(tmp, path)
+        publish_file(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
     return path
@@ -383,7 +400,7 @@ def concat_mp4(parts: list, path) -> Path:
         proc = subprocess.run(cmd, capture_output=True)
         if proc.returncode != 0:
             raise RuntimeError(f"ffmpeg could not join the chunks: {proc.stderr.decode(errors='replace')[-300:]}")
-        os.replace(tmp, path)
+        publish_file(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
         listing.unlink(missing_ok=True)

@@ -20,7 +20,7 @@ import numpy as np
 
 from .config import FPS
 from .errors import InputError
-from .media import AAC_RATES, _check_file, _ffmpeg, _no_audio_error, _ffmpeg_info, audio_duration, \
+from .media import AAC_RATES, publish_file, _check_file, _ffmpeg, _no_audio_error, _ffmpeg_info, audio_duration, \
     check_output_path, downmix, downmix_gains
 
 BLOCK_SECONDS = 0.64  # one REST chunk of audio per block
@@ -138,14 +138,15 @@ class StreamDownmix:
 class Mp4Writer:
     """Frames and their audio in, chunk by chunk; an H.264 (yuv420p) + AAC mp4 out, like `media.write_mp4`.
 
-    `write(frames (T, H, W, 3) uint8, audio (n,) or (n, C) float at `sample_rate`)`; `close()` finishes
-    and moves the temporary file (same folder) onto `path`; `abort()` (or leaving a `with` block by an
-    exception) removes it. One ffmpeg process runs for the whole video: memory stays flat.
+    `write(frames (T, H, W, 3) uint8, audio (n,) or (n, C) float at `sample_rate`)`; `close()` (or leaving
+    a `with` block normally) finishes and moves the temporary file (same folder) onto `path`; `abort()`
+    (or leaving a `with` block by an exception) removes it. One ffmpeg process runs for the whole video:
+    memory stays flat.
     """
 
     def __init__(self, path, sample_rate: int, fps: int = FPS):
         self.path, self.rate, self.fps = check_output_path(path), int(sample_rate), fps
-        self.proc, self.tmp, self.frames = None, None, 0
+        self.proc, self.tmp, self.frames, self.closed = None, None, 0, False
         self._audio: queue.Queue | None = None
         self._feeder: threading.Thread | None = None
         self._errors: list[BaseException] = []
@@ -202,6 +203,8 @@ class Mp4Writer:
     def close(self) -> Path:
         """Finish the file and move it onto `path`. Raises RuntimeError (no file left) if ffmpeg failed
         or no frame was written."""
+        if self.closed:
+            return self.path
         if self.proc is None:
             raise RuntimeError("no frames were written")
         try:
@@ -210,7 +213,8 @@ class Mp4Writer:
             self._feeder.join()
             if self.proc.wait() != 0 or self._errors:
                 raise RuntimeError(f"ffmpeg failed: {self._stderr()}")
-            os.replace(self.tmp, self.path)
+            publish_file(self.tmp, self.path)
+            self.closed = True
         finally:
             self.abort()
         return self.path
@@ -242,3 +246,5 @@ class Mp4Writer:
     def __exit__(self, kind, value, tb) -> None:
         if kind is not None:
             self.abort()
+        elif not self.closed:  # a `with` block left normally finishes the file, as `open` does
+            self.close()

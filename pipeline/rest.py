@@ -17,7 +17,7 @@ import torch
 
 from . import vae as vae_lib
 from .config import FPS, SAMPLE_RATE
-from .media import StreamPeak
+from .media import StreamPeak, check_sample_rate
 from .media_stream import StreamDownmix, float_block
 from .scheduler import inference_timesteps
 from .speech_stream import SpeechStream
@@ -124,10 +124,11 @@ class RestSession:
     def push_audio(self, samples, sample_rate: int) -> list[FrameChunk]:
         """A block (T,) or (T, C) at `sample_rate` (int or float PCM). Audio beyond full scale is turned
         down from then on (`media.StreamPeak`, with a note); channels are mixed for Whisper by
-        `media.downmix`'s rule; the video keeps them. Raises `InputError` for invalid samples,
-        ValueError for a rate that changes, RuntimeError once closed."""
+        `media.downmix`'s rule; the video keeps them. Raises `InputError` for invalid samples or a
+        sample rate outside `media.AUDIO_RATES`, ValueError for a rate that changes, RuntimeError once closed."""
         if self.closed:
             raise RuntimeError("this stream is closed")
+        sample_rate = check_sample_rate(sample_rate)
         x, note = self.level(float_block(samples))
         self.notes += [note] if note else []
         codes = self.speech.push(self.mix(x), sample_rate)  # checks the rate

@@ -91,6 +91,30 @@ def test_mp4_writer_leaves_nothing_on_error(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_finished_files_get_the_umask_permissions_not_the_temporary_files(tmp_path):
+    """mkstemp makes 0600 files; a finished mp4 is readable as any file the user writes (0666 & ~umask)."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        with Mp4Writer(tmp_path / "streamed.mp4", 16000) as w:
+            w.write(np.zeros((8, 32, 32, 3), np.uint8), np.zeros(8 * 640, np.float32))
+        media.write_mp4(tmp_path / "whole.mp4", np.zeros((8, 32, 32, 3), np.uint8), np.zeros(8 * 640, np.float32))
+        media.concat_mp4([tmp_path / "whole.mp4", tmp_path / "streamed.mp4"], tmp_path / "joined.mp4")
+    finally:
+        os.umask(old)
+    assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == \
+        {"streamed.mp4": 0o644, "whole.mp4": 0o644, "joined.mp4": 0o644}
+
+
+@pytest.mark.parametrize("rate", [0, -16000, 500, 16000.5, 10**6, "16000"])
+def test_a_live_session_refuses_a_bad_sample_rate_in_one_message(small_pipe, portrait, rate):
+    live = small_pipe.open_stream(portrait, seed=0)
+    with pytest.raises(InputError, match="unsupported audio sample rate"):
+        live.push_audio(np.zeros(16000, np.int16), rate)
+    assert len(live.push_audio(np.zeros(16000, np.int16), 48000)) >= 0  # the session still takes good audio
+
+
 def test_rest_turns_down_over_full_scale_and_mixes_channels(small_pipe, speech_wav, portrait):
     loud = np.stack([3 * speech_wav, -3 * speech_wav], 1)  # stereo, one channel inverted, peak > 1
     live = small_pipe.open_stream(portrait, seed=0)
