@@ -21,7 +21,6 @@ from .config import FPS, LIMITS, SAMPLE_RATE, check_value
 from .errors import AudioTooLong, InputError
 from .serving import APP_MAX_SECONDS, APP_SETTINGS
 
-SILENCE_PEAK = 1e-4  # a recording whose loudest sample is below this is silence
 OUTPUT_MAX_AGE_S = 3600  # per-request output folders older than this are removed
 MAX_REQUEST_DIRS = 32  # and beyond this many, the oldest (a visitor downloads within minutes)
 SOURCE_AUDIO, SOURCE_TEXT = "Upload or record", "Type text"
@@ -89,7 +88,9 @@ class GenerationRequest:
 
 
 def check_silence(wav: np.ndarray) -> None:
-    """Refuse speech whose loudest sample is below `SILENCE_PEAK`."""
+    """Refuse speech whose loudest sample is below `media.SILENCE_PEAK`."""
+    from .media import SILENCE_PEAK
+
     if len(wav) == 0 or float(np.max(np.abs(wav))) < SILENCE_PEAK:
         raise InputError("The speech is silent. Record or upload audio in which someone speaks.")
 

@@ -22,6 +22,7 @@ from .config import FPS, SAMPLE_RATE
 from .errors import AudioTooLong, InputError
 
 AUDIO_RATES = (1000, 384_000)  # sample rates accepted at all
+SILENCE_PEAK = 1e-4  # audio whose loudest sample is below this is silence
 AAC_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
 AUDIO_FORMATS = "WAV, FLAC, MP3, OGG, M4A/AAC, WebM/Opus, or a video with sound"
 
@@ -227,6 +228,8 @@ def make_speech(data, rate: int, max_seconds: float | None = None, min_seconds: 
         raise InputError("the audio contains invalid (NaN or infinite) samples")
     warnings = []
     peak = float(np.max(np.abs(x)))
+    if peak < SILENCE_PEAK:  # the app refuses it (app_support.check_silence); a file is still rendered
+        warnings.append("The audio is silent: the portrait will not speak.")
     if peak > 1.0:  # float audio beyond full scale: scale it down, never clip it
         x = x / np.float32(peak)
         warnings.append(f"The audio peaks at {peak:.2f}, above full scale: it was turned down by "

@@ -240,7 +240,8 @@ CATALOGUE = [
          _sf("loud.wav", lambda: 4 * voice() / np.abs(voice()).max(), 16000, subtype="FLOAT"), "warn", "peaks at 4.00"),
     Case("clipped at full scale (16-bit)", "audio", _sf("clipped.wav", lambda: np.clip(8 * voice(), -1, 1), 16000)),
     Case("NaN samples", "audio", _sf("nan.wav", _nan, 16000, subtype="FLOAT"), "error", "NaN"),
-    Case("silent", "audio", _sf("silent.wav", lambda: np.zeros(16000, np.float32), 16000), app="error"),
+    Case("silent", "audio", _sf("silent.wav", lambda: np.zeros(16000, np.float32), 16000), "warn", "silent",
+         app="error"),
     Case("too short (20 ms)", "audio", _sf("blip.wav", lambda: voice()[:320], 16000), "error", "shorter than one"),
     Case("too long (130 s)", "audio", _sf("long.wav", lambda: np.zeros(int(TOO_LONG_SECONDS * 8000), np.float32),
                                           8000), "error", "the limit is"),
@@ -470,6 +471,12 @@ def test_arrays_from_microphones_and_apis():
     assert np.allclose(media.prepare_audio(v, 16000), v) and np.allclose(media.load_audio(VOICE), v, atol=1e-4)
     with pytest.raises(InputError, match="sample rate"):
         media.load_speech((500, v))
+
+
+def test_silent_audio_is_rendered_with_a_warning():
+    """The app refuses silence (app_support.check_silence); a file or API call renders it and says so."""
+    assert any("silent" in w for w in media.load_speech((16000, np.zeros(8000, np.int16))).warnings)
+    assert not any("silent" in w for w in media.load_speech((16000, voice())).warnings)
 
 
 def test_audio_span_cuts_and_pads_to_frames():
