@@ -241,29 +241,6 @@ def make_speech(data, rate: int, max_seconds: float | None = None, min_seconds: 
     return Speech(x, rate, mono, warnings)
 
 
-class StreamPeak:
-    """Causal level control for audio that arrives in chunks (REST): divides by the running peak.
-
-    The gain stays 1 until a sample beyond full scale arrives; from that sample on, every sample is
-    divided by the largest magnitude seen so far, so nothing is ever clipped and nothing waits for
-    the future. Returns the chunk and, the first time the gain drops, a warning.
-    """
-
-    def __init__(self):
-        self.peak = 1.0
-
-    def __call__(self, chunk: np.ndarray) -> tuple[np.ndarray, str | None]:
-        x = np.asarray(chunk, np.float32)
-        mag = np.abs(x).reshape(len(x), -1).max(axis=1) if x.size else np.zeros(0, np.float32)  # (T,)
-        running = np.maximum.accumulate(np.maximum(mag, self.peak))  # (T,)
-        first = self.peak == 1.0 and running.size and running[-1] > 1.0
-        self.peak = float(running[-1]) if running.size else self.peak
-        out = x / running.reshape((-1,) + (1,) * (x.ndim - 1)) if x.size else x
-        note = (f"The audio went above full scale (peak {self.peak:.2f}): it is being turned down "
-                "instead of clipped.") if first else None
-        return out.astype(np.float32), note
-
-
 def check_duration(path, max_seconds: float) -> float:
     """The file's duration from its header (nothing decoded); raises `AudioTooLong` over `max_seconds`
     (+ 50 ms for containers whose header rounds up)."""

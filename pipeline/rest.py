@@ -17,8 +17,8 @@ import torch
 
 from . import vae as vae_lib
 from .config import FPS, SAMPLE_RATE
-from .media import StreamPeak, check_sample_rate
-from .media_stream import StreamDownmix, float_block
+from .media import check_sample_rate
+from .media_stream import StreamDownmix, StreamPeak, float_block
 from .scheduler import inference_timesteps
 from .speech_stream import SpeechStream
 from .streaming import ChunkLayout, ChunkStreamer
@@ -123,7 +123,7 @@ class RestSession:
     @torch.no_grad()
     def push_audio(self, samples, sample_rate: int) -> list[FrameChunk]:
         """A block (T,) or (T, C) at `sample_rate` (int or float PCM). Audio beyond full scale is turned
-        down from then on (`media.StreamPeak`, with a note); channels are mixed for Whisper by
+        down from then on (`media_stream.StreamPeak`, with a note); channels are mixed for Whisper by
         `media.downmix`'s rule; the video keeps them. Raises `InputError` for invalid samples or a
         sample rate outside `media.AUDIO_RATES`, ValueError for a rate that changes, RuntimeError once closed."""
         if self.closed:

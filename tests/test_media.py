@@ -490,7 +490,9 @@ def test_audio_span_cuts_and_pads_to_frames():
 
 
 def test_stream_peak_is_causal_and_never_clips():
-    level = media.StreamPeak()
+    from pipeline.media_stream import StreamPeak
+
+    level = StreamPeak()
     quiet, loud = tone(300, 0.1, 16000, 0.5), tone(300, 0.1, 16000, 3.0)
     out1, note1 = level(quiet)
     out2, note2 = level(np.stack([loud, loud], 1))
