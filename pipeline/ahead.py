@@ -17,12 +17,16 @@ T = TypeVar("T")
 _END = object()
 
 
+def cpu_cores() -> int:
+    """The CPU cores this process may run on (its affinity where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def spare_core() -> bool:
     """Whether torch's intra-op threads leave one of this process's CPU cores free for a second stage."""
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return torch.get_num_threads() < cores
+    return torch.get_num_threads() < cpu_cores()
 
 
 def run_ahead(iterable: Iterable[T], depth: int = 1) -> Iterator[T]:

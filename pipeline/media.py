@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -312,14 +313,18 @@ def check_output_path(path) -> Path:
     return p
 
 
-def publish_file(tmp, path) -> Path:
-    """Rename a finished temporary file (made by `tempfile.mkstemp`, mode 0600) to `path`, with the
-    permissions a file created normally would get (0666 less the process umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-    return Path(path)
+def temp_file_beside(path: Path) -> str:
+    """A new, empty, hidden file named uniquely in `path`'s folder, created as any file the user writes
+    is (0666 less the umask; `tempfile.mkstemp` would make it 0600), so renaming it onto `path` when
+    it is complete publishes it with normal permissions. Returns its path."""
+    for _ in range(100):
+        name = path.parent / f".{path.stem}-{secrets.token_hex(4)}{path.suffix}"
+        try:
+            os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return str(name)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path.name}")
 
 
 def check_sample_rate(rate) -> int:
@@ -342,8 +347,7 @@ def write_mp4(path, frames: np.ndarray, audio: np.ndarray | None, sample_rate: i
     path = check_output_path(path)
     frames = np.ascontiguousarray(frames, dtype=np.uint8)
     T, H, W, _ = frames.shape
-    fd, tmp = tempfile.mkstemp(suffix=".mp4", prefix=f".{path.stem}-", dir=path.parent)
-    os.close(fd)
+    tmp = temp_file_beside(path)
     try:
         with tempfile.TemporaryDirectory() as d:
             cmd = [_ffmpeg(), "-nostdin", "-y", "-loglevel", "error",
@@ -361,7 +365,7 @@ def write_mp4(path, frames: np.ndarray, audio: np.ndarray | None, sample_rate: i
             proc = subprocess.run(cmd, input=frames.tobytes(), capture_output=True)
         if proc.returncode != 0:
             raise RuntimeError(f"ffmpeg failed: {proc.stderr.decode(errors='replace')[-500:]}")
-        publish_file(tmp, path)
+        os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
     return path
@@ -370,8 +374,7 @@ def write_mp4(path, frames: np.ndarray, audio: np.ndarray | None, sample_rate: i
 def concat_mp4(parts: list, path) -> Path:
     """Join mp4 files of the same codecs into one (ffmpeg's concat demuxer, no re-encoding), atomically."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(suffix=".mp4", dir=path.parent)
-    os.close(fd)
+    tmp = temp_file_beside(path)
     listing = path.with_suffix(".txt")
     try:
         listing.write_text("".join(f"file '{Path(p).resolve()}'\n" for p in parts))
@@ -380,7 +383,7 @@ def concat_mp4(parts: list, path) -> Path:
         proc = subprocess.run(cmd, capture_output=True)
         if proc.returncode != 0:
             raise RuntimeError(f"ffmpeg could not join the chunks: {proc.stderr.decode(errors='replace')[-300:]}")
-        publish_file(tmp, path)
+        os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
         listing.unlink(missing_ok=True)

@@ -20,7 +20,7 @@ import numpy as np
 
 from .config import FPS
 from .errors import InputError
-from .media import AAC_RATES, publish_file, _check_file, _ffmpeg, _no_audio_error, _ffmpeg_info, audio_duration, \
+from .media import AAC_RATES, temp_file_beside, _check_file, _ffmpeg, _no_audio_error, _ffmpeg_info, audio_duration, \
     check_output_path, downmix, downmix_gains
 
 BLOCK_SECONDS = 0.64  # one REST chunk of audio per block
@@ -175,8 +175,7 @@ class Mp4Writer:
         self._errors: list[BaseException] = []
 
     def _start(self, height: int, width: int, channels: int) -> None:
-        fd, self.tmp = tempfile.mkstemp(suffix=".mp4", prefix=f".{self.path.stem}-", dir=self.path.parent)
-        os.close(fd)
+        self.tmp = temp_file_beside(self.path)
         read_end, write_end = os.pipe()
         aac_rate = next((r for r in AAC_RATES if r >= self.rate), AAC_RATES[-1])
         cmd = [_ffmpeg(), "-nostdin", "-y", "-loglevel", "error",
@@ -236,7 +235,7 @@ class Mp4Writer:
             self._feeder.join()
             if self.proc.wait() != 0 or self._errors:
                 raise RuntimeError(f"ffmpeg failed: {self._stderr()}")
-            publish_file(self.tmp, self.path)
+            os.replace(self.tmp, self.path)
             self.closed = True
         finally:
             self.abort()

@@ -96,8 +96,9 @@ def set_cpu_threads(threads: int = 0) -> int:
     """
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = threads or max(1, cores - 1)
+    from .ahead import cpu_cores
+
+    threads = threads or max(1, cpu_cores() - 1)
     torch.set_num_threads(threads)
     return threads
 
