@@ -5,17 +5,22 @@ Three streams in a row, each with bounded state:
 -> `streaming.ChunkStreamer` (codes -> the chunk's latents under the ID-Context cache)
 -> `vae.StreamingDecoder` (latents -> frames; it holds back frames its non-causal decoder has not
 seen the future of, and its latents are trimmed here to what its next decode reads).
+When torch leaves a CPU core free (`ahead.spare_core`) the decoder runs on a worker thread of its own,
+one chunk behind the DiT, as READ's clips do: the same frames, in the same order, sooner.
 The pipeline wraps this in `open_stream` / `stream(mode="rest")`; this module knows no files, no UI.
 """
 from __future__ import annotations
 
 import ctypes
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from . import vae as vae_lib
+from .ahead import spare_core
 from .config import FPS, SAMPLE_RATE
 from .media import check_sample_rate
 from .media_stream import StreamDownmix, StreamPeak, float_block
@@ -84,10 +89,14 @@ class RestSession:
     video trimmed to round(duration x 25) frames like READ. z_ref (1, C, 1, h, w) normalised.
 
     sampling: any object with num_inference_steps, cfg_mode, alpha, beta, shift (`SamplingConfig`).
+    overlap_decode: decode on a worker thread while the DiT samples the next chunk (None: when
+        `ahead.spare_core()`). Frames are bit-identical either way; with the overlap a chunk's frames
+        come out of the `push_audio` call after the one that sampled it (or of `close`).
     """
 
     def __init__(self, dit, speech_ae, vae, whisper_encoder, feature_extractor, speech_cfg, z_ref, sampling,
-                 settings: RestSettings = RestSettings(), generator: torch.Generator | None = None):
+                 settings: RestSettings = RestSettings(), generator: torch.Generator | None = None,
+                 overlap_decode: bool | None = None):
         s = settings
         layout = ChunkLayout(s.chunk_frames, s.context_frames)
         self.speech = SpeechStream(whisper_encoder, feature_extractor, speech_ae, speech_cfg, group=s.chunk_frames,
@@ -101,17 +110,36 @@ class RestSession:
         self.level, self.mix = StreamPeak(), StreamDownmix()  # READ's peak rule and downmix, causally
         self.notes: list[str] = []  # warnings not yet handed out (`LiveStream` puts them on the next chunk)
         self.closed = False
+        self.overlap_decode = spare_core() if overlap_decode is None else bool(overlap_decode)
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="rest-decode") if self.overlap_decode else None
+        self._pending: deque[Future] = deque()  # decodes submitted to the worker, oldest first
 
     def _latents_to_frames(self, code_groups, final: bool) -> list[FrameChunk]:
-        out = []
+        out = self._collect(wait=False)
         for i, codes in enumerate(code_groups):
             z = self.streamer.push(codes)  # (1, C, c, h, w)
             if self.streamer.index % 8 == 0:
                 release_free_heap()
-            pixels = self.decoder.push(z, final=final and i == len(code_groups) - 1)
+            last = final and i == len(code_groups) - 1
+            if self._worker is None:
+                out += [self._chunk(f) for f in self._decode(z, last)]
+            else:
+                self._pending.append(self._worker.submit(self._decode, z, last))
+                out += self._collect(wait=False)
+        return out + (self._collect(wait=True) if final else [])
+
+    def _decode(self, z: torch.Tensor, final: bool) -> list[np.ndarray]:
+        """Latents (1, C, c, h, w) -> the frames they make final, (T, H, W, 3) uint8 (none or one array)."""
+        with torch.no_grad():
+            pixels = self.decoder.push(z, final=final)
             self.decoder.trim()
-            if pixels is not None and pixels.shape[2] > 0:
-                out.append(self._chunk(vae_lib.to_uint8(pixels)))
+        return [vae_lib.to_uint8(pixels)] if pixels is not None and pixels.shape[2] > 0 else []
+
+    def _collect(self, wait: bool) -> list[FrameChunk]:
+        """Chunks of the worker's finished decodes, in order (all of them, waiting, if `wait`)."""
+        out = []
+        while self._pending and (wait or self._pending[0].done()):
+            out += [self._chunk(f) for f in self._pending.popleft().result()]
         return out
 
     def _chunk(self, frames: np.ndarray) -> FrameChunk:
@@ -142,11 +170,11 @@ class RestSession:
             return []
         self.closed = True
         groups = self.speech.flush()
-        chunks = self._latents_to_frames(groups, final=True)
+        chunks = self._latents_to_frames(groups, final=True)  # waits for the worker's decodes
         if not groups and self.decoder.latents is not None:  # everything was generated: release the hold-back
-            pixels = self.decoder.push(self.decoder.latents[:, :, :0], final=True)
-            if pixels is not None and pixels.shape[2] > 0:
-                chunks.append(self._chunk(vae_lib.to_uint8(pixels)))
+            chunks += [self._chunk(f) for f in self._decode(self.decoder.latents[:, :, :0], final=True)]
+        if self._worker is not None:
+            self._worker.shutdown()
         total, out = max(1, self.speech.num_frames), []
         for c in chunks:
             keep = max(0, min(len(c.frames), total - c.start_frame))

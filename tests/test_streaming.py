@@ -150,11 +150,11 @@ def _session_parts(monkeypatch):
     return cfg, parts, z_ref
 
 
-def _run_session(cfg, parts, z_ref, wav, block, rate=16000):
+def _run_session(cfg, parts, z_ref, wav, block, rate=16000, overlap_decode=None):
     from pipeline.rest import RestSession
 
     s = RestSession(parts["dit"], parts["speech_ae"], parts["vae"], None, None, cfg.speech, z_ref, cfg.sampling,
-                    generator=torch.Generator().manual_seed(0))
+                    generator=torch.Generator().manual_seed(0), overlap_decode=overlap_decode)
     out, sizes = [], []
     for i in range(0, len(wav), block):
         out += s.push_audio(wav[i : i + block], rate)
@@ -181,6 +181,33 @@ def test_session_frames_length_and_flat_decoder_memory(monkeypatch):
     monkeypatch.setattr(vae_lib.StreamingDecoder, "trim", lambda self: None)  # trimming changes no frame
     untrimmed, _ = _run_session(cfg, parts, z_ref, wav, 1600)
     assert np.array_equal(np.concatenate([c.frames for c in untrimmed]), frames)
+
+
+def test_decode_on_a_worker_gives_the_same_chunks_as_decoding_in_line(monkeypatch):
+    """`overlap_decode`: the decoder runs on its own thread one chunk behind the DiT; the chunks (frames,
+    start frames, audio) are exactly those of the in-line session, and every frame comes out by close()."""
+    import threading
+
+    import numpy as np
+
+    from pipeline import vae as vae_lib
+
+    cfg, parts, z_ref = _session_parts(monkeypatch)
+    wav = np.random.default_rng(1).standard_normal(int(3.1 * 16000)).astype(np.float32) * 0.1
+    inline, _ = _run_session(cfg, parts, z_ref, wav, 1600, overlap_decode=False)
+    threads, push = set(), vae_lib.StreamingDecoder.push
+
+    def recording_push(self, *args, **kwargs):
+        threads.add(threading.current_thread().name)
+        return push(self, *args, **kwargs)
+
+    monkeypatch.setattr(vae_lib.StreamingDecoder, "push", recording_push)
+    overlapped, _ = _run_session(cfg, parts, z_ref, wav, 1600, overlap_decode=True)
+    assert any(name.startswith("rest-decode") for name in threads)
+    assert [c.start_frame for c in overlapped] == [c.start_frame for c in inline]
+    for a, b in zip(overlapped, inline, strict=True):
+        assert np.array_equal(a.frames, b.frames) and np.array_equal(a.audio, b.audio)
+    assert sum(len(c.frames) for c in overlapped) == round(len(wav) / 640)
 
 
 def test_bfloat16_model_float32_stream():

@@ -118,3 +118,42 @@ def test_a_wider_decoder_takes_only_the_encoder_of_a_saved_vae(tmp_path):
               str(tmp_path / "decoder_only" / "model.safetensors"))
     with pytest.raises(KeyError, match="encoder"):
         load_weights(tmp_path / "decoder_only", wide, prefix="encoder.")
+
+
+def test_widened_decoder_starts_as_the_trained_one_and_its_copies_differ():
+    """Net2WiderNet (`--widen-from`): a decoder of multiple widths decodes exactly as the small one (the
+    depth-to-space groups and both norms included), the encoder is the small one's, and each copy of
+    a channel reads its inputs with different weights, so training can tell the copies apart."""
+    from pipeline.train.widen import widen_decoder
+
+    torch.manual_seed(0)
+    small = build_vae(VAEConfig(kwargs=dict(TINY_VAE))).eval()
+    for p in small.decoder.parameters():  # a trained-looking decoder: no zero biases or unit norms
+        p.data.add_(0.05 * torch.randn_like(p))
+    small.latents_mean.normal_(), small.latents_std.uniform_(0.5, 2)
+    wide = build_vae(VAEConfig(kwargs=dict(TINY_VAE, decoder_block_out_channels=(32, 64, 128, 128)))).eval()
+    widen_decoder(small, wide, torch.Generator().manual_seed(1))
+    z = torch.randn(2, 128, 3, 4, 4)
+    with torch.no_grad():
+        a, b = small.decode(z).sample, wide.decode(z).sample
+    assert a.shape == (2, 3, 17, 128, 128) and a.abs().mean() > 0.05
+    torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+    assert torch.equal(wide.latents_std, small.latents_std)
+    x = torch.rand(1, 3, 9, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(wide.encode(x).latent_dist.mode(), small.encode(x).latent_dist.mode())
+    w = wide.decoder.up_blocks[3].resnets[0].conv1.conv.weight  # 32 inputs: copies 0-15 and 16-31
+    assert not torch.allclose(w[:, :16], w[:, 16:])
+    torch.testing.assert_close(w[:16, :16] + w[:16, 16:], small.decoder.up_blocks[3].resnets[0].conv1.conv.weight)
+
+
+def test_widening_refuses_widths_that_are_not_multiples_or_change_the_structure():
+    from pipeline.train.widen import widen_decoder
+
+    small = build_vae(VAEConfig(kwargs=dict(TINY_VAE)))
+    wide = build_vae(VAEConfig(kwargs=dict(TINY_VAE, decoder_block_out_channels=(24, 48, 96, 96))))
+    with pytest.raises(ValueError, match="not an integer multiple"):
+        widen_decoder(small, wide)
+    unequal = build_vae(VAEConfig(kwargs=dict(TINY_VAE, decoder_block_out_channels=(32, 64, 128, 192))))
+    with pytest.raises(ValueError, match="equal neighbours|equal width"):
+        widen_decoder(small, unequal)

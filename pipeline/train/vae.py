@@ -5,8 +5,9 @@
 Every step trains on a batch of single frames encoded alone (how the reference image is encoded:
 make that frame excellent) and, after the first `--image-steps` steps, also on (1 + 8k)-frame video
 windows. Single frames first leave the initial mean-image plateau far sooner than video windows do.
-Loss: MSE + L1 on pixels, an extra L1 on the mouth box (the detail lip-sync lives in), a small KL and
-a mouth probe on the latents (`VAEObjective`); the decoder sees the posterior mean unless
+Loss: MSE + L1 on pixels, an extra L1 on the mouth box (the detail lip-sync lives in), optionally an
+L1 on its frame-to-frame change (`--motion-weight`), a small KL and a mouth probe on the latents
+(`VAEObjective`); the decoder sees the posterior mean unless
 `--sample-posterior`. Validation (EMA weights, `--heldout` clips when
 given) reports PSNR of single frames, of video windows and of their mouth box. At the end the latent
 statistics are written into the VAE's own `latents_mean` / `latents_std` buffers and the VAE is saved
@@ -25,7 +26,8 @@ import torch.nn.functional as F
 
 from ..config import FIDELITY_VAE, TINY_VAE, VAEConfig
 from ..vae import build_vae, encode, to_pixels
-from .common import Stage, base_parser, list_clips, load_weights, make_accelerator, train
+from .common import Stage, base_parser, list_clips, load_vae, load_weights, make_accelerator, train
+from .widen import widen_decoder
 
 VAE_CONFIGS = {"tiny": TINY_VAE, "fidelity": FIDELITY_VAE}
 
@@ -98,6 +100,10 @@ def reconstruction_loss(objective, x, m, openness, args):
     mouth = ((rec - x).abs() * m).sum() / (m.sum() * 3 + 1)
     probe_loss = F.mse_loss(probe.float(), openness[:, 1:]) if probe.numel() else rec.new_zeros(())
     loss = F.mse_loss(rec, x) + args.l1_weight * l1 + args.mouth_weight * mouth + args.kl_weight * kl
+    if args.motion_weight and x.shape[2] > 1:  # frame-to-frame change inside the mouth box, against the truth's
+        mt = m[:, :, 1:]
+        motion = ((rec.diff(dim=2) - x.diff(dim=2)).abs() * mt).sum() / (mt.sum() * 3 + 1)
+        loss = loss + args.motion_weight * motion
     return loss + args.probe_weight * probe_loss, dict(l1=l1.item(), mouth_l1=mouth.item(), kl=kl.item(), probe=probe_loss.item())
 
 
@@ -112,6 +118,9 @@ def parse_args(argv=None):
     p.add_argument("--video-every", type=int, default=1, help="after the image phase, a video batch every N steps")
     p.add_argument("--mouth-weight", type=float, default=1.0)
     p.add_argument("--l1-weight", type=float, default=0.2)
+    p.add_argument("--motion-weight", type=float, default=0.0,
+                   help="L1 on the frame-to-frame change inside the mouth box (keeps the decoder from drawing a still, "
+                        "average mouth over a latent frame's 8 video frames)")
     p.add_argument("--probe-weight", type=float, default=10.0, help="mouth-openness probe on the latents")
     p.add_argument("--kl-weight", type=float, default=1e-6)
     p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the exported weights (0: no EMA)")
@@ -122,6 +131,8 @@ def parse_args(argv=None):
     p.add_argument("--init-from", help="checkpoint or save_pretrained folder to start from (weights only)")
     p.add_argument("--init-encoder-only", action="store_true",
                    help="take only the encoder from --init-from (a new decoder, e.g. wider, on the same latents)")
+    p.add_argument("--widen-from", help="a trained VAE (checkpoint or save_pretrained folder) whose decoder this "
+                   "one's wider decoder starts as (function-preserving, pipeline/train/widen.py); widths must be multiples")
     p.add_argument("--freeze-encoder", action="store_true", help="train the decoder only, on posterior means")
     p.add_argument("--sample-posterior", action="store_true",
                    help="decode a posterior sample, as a classic VAE does (default: the posterior mean, as every "
@@ -145,6 +156,8 @@ def build(args):
     vae = build_vae(VAEConfig(kwargs=kwargs))
     if args.init_from:  # weights only (no optimizer): a checkpoint folder or a save_pretrained folder
         load_weights(args.init_from, vae, prefix="encoder." if args.init_encoder_only else "")
+    if args.widen_from:
+        widen_decoder(load_vae(args.widen_from).float(), vae, torch.Generator().manual_seed(args.seed))
     if args.freeze_encoder:
         vae.encoder.requires_grad_(False)
     return vae
