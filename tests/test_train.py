@@ -224,3 +224,28 @@ def test_vae_trainer_mixes_images_and_video_and_resumes_with_its_ema(tmp_path):
     assert any(not torch.equal(ema_before[k], ema_after[k]) for k in ema_before)  # the EMA resumed and moved
     state = json.loads((out / "checkpoint" / "state.json").read_text())
     assert state["step"] == 3 and state["extra"]["vae_config"]["latent_channels"] == 128
+
+
+def test_vae_trainer_widens_a_saved_decoder_and_trains_only_it(tmp_path):
+    """`--widen-from` + `--freeze-encoder` (+ the mouth-motion term): the run starts from the saved VAE's
+    function with a decoder of twice the width, and its encoder (the DiT's latents) never changes."""
+    from pipeline.config import TINY_VAE, VAEConfig
+    from pipeline.train import vae as train_vae
+    from pipeline.train.common import load_vae
+    from pipeline.vae import build_vae
+
+    torch.manual_seed(0)
+    build_vae(VAEConfig(kwargs=dict(TINY_VAE))).save_pretrained(tmp_path / "small")
+    _fake_video_clips(tmp_path / "data")
+    wide = dict(TINY_VAE, decoder_block_out_channels=[32, 64, 128, 128])
+    torch.set_num_threads(1)
+    train_vae.main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--steps", "2",
+                    "--vae-kwargs", json.dumps(wide), "--widen-from", str(tmp_path / "small"), "--freeze-encoder",
+                    "--image-steps", "0", "--frames", "9", "--batch-size", "1", "--image-batch", "2",
+                    "--motion-weight", "1", "--probe-weight", "0"])
+    trained, small = load_vae(tmp_path / "run" / "checkpoint"), load_vae(tmp_path / "small")
+    assert trained.config.decoder_block_out_channels == [32, 64, 128, 128]
+    for k, v in small.encoder.state_dict().items():
+        assert torch.equal(trained.encoder.state_dict()[k], v), k
+    assert any(not torch.equal(p, q) for p, q in zip(trained.decoder.conv_out.parameters(),
+                                                      small.decoder.conv_out.parameters()) if p.shape == q.shape)

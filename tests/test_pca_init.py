@@ -1,0 +1,50 @@
+"""The constructed (PCA) starting point of a VAE (`pipeline.train.pca_init`): the regions follow LTX's
+causal latent layout, and the fitted AutoencoderKLLTXVideo computes the principal-component code it
+was built from (encode ~ the code, decode(encode(x)) ~ the code's own reconstruction)."""
+import numpy as np
+import torch
+
+from pipeline.train import pca_init
+
+
+def test_regions_follow_the_causal_latent_layout():
+    """Latent frame 0 stands for frame 0 alone (repeated), latent k for frames 8k-7 ... 8k."""
+    x = torch.arange(17, dtype=torch.float32)[None, None, :, None, None].expand(1, 3, 17, 32, 32)
+    r = pca_init.regions(x, 3)  # (1, 3 groups, 1, 1, 3 * 8 * 32 * 32)
+    frames = r[0, :, 0, 0].reshape(3, 3, 8, -1)[:, 0, :, 0]  # the frame index each of the 8 slots holds
+    assert frames.tolist() == [[0] * 8, list(range(1, 9)), list(range(9, 17))]
+    r1 = pca_init.regions(x[:, :, :9], 1)  # tau = 2: [0, 0], [1, 2], ..., [7, 8]
+    assert r1.shape[1] == 5 and r1[0, 2, 0, 0].reshape(3, 2, -1)[0, :, 0].tolist() == [3.0, 4.0]
+
+
+def _smooth_clips(root, clips=6, frames=40, size=64, seed=0):
+    """Clips of slowly moving smooth colour fields (a few low frequencies): a linear code fits them."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    for i in range(clips):
+        waves = [(rng.uniform(0.5, 2.5, 2), rng.uniform(0, 6.3), rng.uniform(-0.1, 0.1), rng.uniform(0.2, 0.8, 3))
+                 for _ in range(4)]
+        video = np.zeros((frames, size, size, 3))
+        for t in range(frames):
+            for (fy, fx), phase, speed, colour in waves:
+                video[t] += np.sin(2 * np.pi * (fy * yy + fx * xx) + phase + speed * t)[..., None] * colour
+        d = root / f"clip_{i:05d}"
+        d.mkdir(parents=True)
+        np.savez(d / "frames.npz", frames=np.clip(127.5 + 40 * video, 0, 255).astype(np.uint8))
+
+
+def test_constructed_vae_computes_its_code_and_reconstructs(tmp_path):
+    torch.manual_seed(0)
+    _smooth_clips(tmp_path / "train")
+    _smooth_clips(tmp_path / "heldout", clips=2, seed=1)
+    torch.set_num_threads(1)
+    vae = pca_init.construct(tmp_path / "train", channels=(8, 16, 32, 32), windows=48)
+    x = pca_init.sample_windows(tmp_path / "heldout", 6, seed=3)
+    assert pca_init.psnr(vae, x) > 30 and pca_init.psnr(vae, x[:, :, :1]) > 30
+    with torch.no_grad():
+        z = vae.encode(x).latent_dist
+        assert z.mean.shape == (6, 128, 2, 2, 2) and torch.allclose(z.logvar, torch.full_like(z.logvar, -8.0))
+        stats = z.mean.std(dim=(0, 2, 3, 4))
+    assert torch.allclose(vae.latents_std[:4], stats[:4], rtol=0.5)  # per-channel scale recorded for the DiT
+    for r in vae.encoder.down_blocks[0].resnets:  # residual branches start as identity, free to learn
+        assert not r.conv2.conv.weight.any()
