@@ -34,6 +34,7 @@ from ..vae import build_vae, to_pixels
 from .common import list_clips
 
 CONST = 300.0  # the constant channel's value: dominates the norms (signals have unit scale)
+MAX_ROWS = 150_000  # positions per least-squares fit
 
 
 def regions(x: torch.Tensor, level: int) -> torch.Tensor:
@@ -84,6 +85,9 @@ def ridge(features: torch.Tensor, targets: torch.Tensor, lam: float = 1e-6) -> t
     """Least squares with a bias: features (N, F), targets (N, O) -> weight (O, F), bias (O,). The
     features are standardised first, so that the small ridge term `lam` is the same for every one
     (a norm shrinks the signals ~100x beside the constant channel)."""
+    if len(features) > MAX_ROWS:  # a random subset is as good a fit and fits in memory
+        keep = torch.randperm(len(features), generator=torch.Generator().manual_seed(0))[:MAX_ROWS]
+        features, targets = features[keep], targets[keep]
     f = features.double()
     mean, std = f.mean(0), f.std(0).clamp_min(1e-12)
     a = torch.cat([(f - mean) / std, torch.ones(len(f), 1, dtype=torch.float64)], dim=1)
@@ -92,6 +96,16 @@ def ridge(features: torch.Tensor, targets: torch.Tensor, lam: float = 1e-6) -> t
     sol = torch.linalg.solve(gram, a.T @ targets.double())  # (F + 1, O)
     weight = sol[:-1].T / std
     return weight.float(), (sol[-1] - weight @ mean).float()
+
+
+def neighbourhood(h: torch.Tensor) -> torch.Tensor:
+    """What a 3x3x3 conv's centre time slice reads at each position: (B, C, T, H, W) -> (B, 9·C, T, H, W),
+    ordered (c, di, dj), space padded by zeros (LTXVideoCausalConv3d's rule). Time stays the centre tap:
+    fitted on short windows, a temporal tap would only ever see the padding's copies at clip ends."""
+    b, c, t, hh, ww = h.shape
+    p = F.pad(h, (1, 1, 1, 1))
+    taps = [p[:, :, :, di : di + hh, dj : dj + ww] for di in range(3) for dj in range(3)]
+    return torch.stack(taps, dim=2).reshape(b, c * 9, t, hh, ww)
 
 
 def rows(h: torch.Tensor) -> torch.Tensor:
@@ -137,15 +151,15 @@ def fit_downsampler(conv: torch.nn.Conv3d, h: torch.Tensor, target: torch.Tensor
     set_taps(conv, w.reshape(-1, c, 2, 2, 2), bias, (1, 1, 1))
 
 
-def fit_upsampler(conv: torch.nn.Conv3d, h: torch.Tensor, child: torch.Tensor) -> None:
+def fit_upsampler(conv: torch.nn.Conv3d, h: torch.Tensor, child: torch.Tensor, neighbours: bool = False) -> None:
     """Depth-to-space 3x3x3 conv (centre tap): parent (t, i, j) -> children (2t + st - 1, 2i + sh, 2j + sw),
     output channel c·8 + st·4 + sh·2 + sw; the child (t=0, st=0) is dropped by the upsampler."""
     b, c, t, hh, ww = h.shape
     cc = child.shape[1]
     padded = torch.cat([child[:, :, :1], child], dim=2)  # a dummy child for (t=0, st=0)
     y = padded.reshape(b, cc, t, 2, hh, 2, ww, 2)
-    x = rows(h)
-    weight, bias = torch.zeros(cc * 8, c), torch.zeros(cc * 8)
+    x = rows(neighbourhood(h) if neighbours else h)
+    weight, bias = torch.zeros(cc * 8, x.shape[1]), torch.zeros(cc * 8)
     for st in range(2):
         for sh in range(2):
             for sw in range(2):
@@ -153,10 +167,10 @@ def fit_upsampler(conv: torch.nn.Conv3d, h: torch.Tensor, child: torch.Tensor) -
                 keep = torch.ones(b, t, hh, ww, dtype=torch.bool)
                 if st == 0:
                     keep[:, 0] = False
-                w, bb = ridge(x[keep.flatten()], target[keep.flatten()])
+                w, bb = ridge(x[keep.flatten()], target[keep.flatten()], lam=1e-4 if neighbours else 1e-6)
                 k = st * 4 + sh * 2 + sw
                 weight[k::8], bias[k::8] = w, bb
-    set_taps(conv, weight, bias, (1, 1, 1))
+    set_taps(conv, weight.reshape(cc * 8, c, 1, 3, 3) if neighbours else weight, bias, (1, 0, 0) if neighbours else (1, 1, 1))
 
 
 def patchify(x: torch.Tensor, p: int = 4) -> torch.Tensor:
@@ -200,8 +214,9 @@ def build_encoder(vae, x: torch.Tensor, codes: list[Codes], logvar: float) -> to
 def build_decoder(vae, x: torch.Tensor, z: torch.Tensor, codes: list[Codes]) -> None:
     """Fit the decoder to map latents z (the encoder's) back to the windows x."""
     dec = vae.decoder
-    w, b = ridge(rows(z), rows(codes[3](x, dec.conv_in.conv.out_channels)))
-    set_taps(dec.conv_in.conv, w, b, (1, 1, 1))  # non-causal: tap 1 is the frame itself
+    c_in, c_out = z.shape[1], dec.conv_in.conv.out_channels
+    w, b = ridge(rows(neighbourhood(z)), rows(codes[3](x, c_out)), lam=1e-4)
+    set_taps(dec.conv_in.conv, w.reshape(c_out, c_in, 1, 3, 3), b, (1, 0, 0))  # 3x3 taps: no tile stands alone
     h, level = batched(dec.conv_in, z), 3
     for r in dec.mid_block.resnets:
         zero_branch(r)
@@ -212,7 +227,7 @@ def build_decoder(vae, x: torch.Tensor, z: torch.Tensor, codes: list[Codes]) -> 
         if block.upsamplers is not None:
             level -= 1
             conv = block.upsamplers[0].conv.conv
-            fit_upsampler(conv, h, codes[level](x, conv.out_channels // 8))
+            fit_upsampler(conv, h, codes[level](x, conv.out_channels // 8), neighbours=level >= 1)
             h = batched(block.upsamplers[0], h)
         for r in block.resnets:
             zero_branch(r)
@@ -246,6 +261,16 @@ def construct(data, channels=(32, 64, 128, 128), windows: int = 400, logvar: flo
     return vae
 
 
+def refit_decoder(vae, data, windows: int = 400, temporal_weight: float = 1.0, seed: int = 0):
+    """Fit the decoder of a saved (constructed) VAE again, its encoder — so the DiT's latents — unchanged."""
+    x = sample_windows(data, windows, seed=seed)
+    codes = [Codes(x, level, max(vae.config.decoder_block_out_channels) + 1, temporal_weight) for level in range(4)]
+    with torch.no_grad():
+        z = batched(lambda v: vae.encode(v).latent_dist.mode(), x, 16)
+    build_decoder(vae, x, z, codes)
+    return vae
+
+
 @torch.no_grad()
 def psnr(vae, x: torch.Tensor) -> float:
     rec = batched(lambda v: vae.decode(vae.encode(v).latent_dist.mode()).sample.clamp(-1, 1), x, 16)
@@ -260,10 +285,17 @@ def main(argv=None):
     p.add_argument("--channels", default="32,64,128,128", help="block_out_channels of encoder and decoder")
     p.add_argument("--windows", type=int, default=400, help="9-frame training windows to fit on")
     p.add_argument("--temporal-weight", type=float, default=1.0, help="weight of motion in the codes (Codes)")
+    p.add_argument("--refit-decoder", metavar="VAE", help="keep this constructed VAE's encoder, fit its decoder again")
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    vae = construct(a.data, tuple(int(c) for c in a.channels.split(",")), a.windows, temporal_weight=a.temporal_weight)
+    if a.refit_decoder:
+        from diffusers import AutoencoderKLLTXVideo
+
+        vae = refit_decoder(AutoencoderKLLTXVideo.from_pretrained(a.refit_decoder).eval(), a.data, a.windows,
+                            a.temporal_weight)
+    else:
+        vae = construct(a.data, tuple(int(c) for c in a.channels.split(",")), a.windows, temporal_weight=a.temporal_weight)
     vae.save_pretrained(f"{a.out}/vae")
     if a.heldout:
         x = sample_windows(a.heldout, 32, seed=1)
