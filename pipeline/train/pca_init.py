@@ -180,8 +180,8 @@ def patchify(x: torch.Tensor, p: int = 4) -> torch.Tensor:
 
 
 @torch.no_grad()
-def build_encoder(vae, x: torch.Tensor, codes: list[Codes], logvar: float) -> torch.Tensor:
-    """Fit the encoder on windows x (B, 3, 1 + 8k, H, W); returns its latent means (B, C, 1 + k, h, w)."""
+def build_encoder(vae, x: torch.Tensor, codes: list[Codes], logvar: float) -> None:
+    """Fit the encoder on windows x (B, 3, 1 + 8k, H, W)."""
     enc = vae.encoder
     h = patchify(x)
     target = codes[0](x, enc.conv_in.conv.out_channels)
@@ -207,6 +207,11 @@ def build_encoder(vae, x: torch.Tensor, codes: list[Codes], logvar: float) -> to
     w, b = ridge(rows(a), rows(target))
     weight = torch.cat([w, torch.zeros(1, w.shape[1])])  # + the log-variance channel: a constant
     set_taps(enc.conv_out.conv, weight, torch.cat([b, torch.tensor([logvar])]), (2, 1, 1))
+
+
+@torch.no_grad()
+def latent_means(vae, x: torch.Tensor) -> torch.Tensor:
+    """The encoder's posterior means of windows x, not normalised (what its decoder reads)."""
     return batched(lambda v: vae.encode(v).latent_dist.mode(), x, 16)
 
 
@@ -246,15 +251,22 @@ def sample_windows(data, windows: int, frames: int = 9, seed: int = 0) -> torch.
     return torch.stack(out)
 
 
+def level_codes(vae, x: torch.Tensor, temporal_weight: float) -> list[Codes]:
+    """The principal components of levels 0-3, as many as any stage (or the latent) of `vae` holds."""
+    c = vae.config
+    widest = max(*c.block_out_channels, *c.decoder_block_out_channels, c.latent_channels) + 1
+    return [Codes(x, level, widest, temporal_weight) for level in range(4)]
+
+
 def construct(data, channels=(32, 64, 128, 128), windows: int = 400, logvar: float = -8.0, seed: int = 0,
               temporal_weight: float = 1.0):
     """The constructed VAE (TINY_VAE's layout with `channels` for encoder and decoder)."""
     kwargs = dict(TINY_VAE, block_out_channels=tuple(channels), decoder_block_out_channels=tuple(channels))
     vae = build_vae(VAEConfig(kwargs=kwargs)).eval()
     x = sample_windows(data, windows, seed=seed)
-    widest = max(*channels, vae.config.latent_channels) + 1  # the most codes any stage (or the latent) holds
-    codes = [Codes(x, level, widest, temporal_weight) for level in range(4)]
-    z = build_encoder(vae, x, codes, logvar)
+    codes = level_codes(vae, x, temporal_weight)
+    build_encoder(vae, x, codes, logvar)
+    z = latent_means(vae, x)
     build_decoder(vae, x, z, codes)
     vae.latents_mean.copy_(z.mean(dim=(0, 2, 3, 4)))  # what `vae.normalize` gives the DiT: unit scale per channel
     vae.latents_std.copy_(z.std(dim=(0, 2, 3, 4)).clamp_min(1e-4))
@@ -264,17 +276,16 @@ def construct(data, channels=(32, 64, 128, 128), windows: int = 400, logvar: flo
 def refit_decoder(vae, data, windows: int = 400, temporal_weight: float = 1.0, seed: int = 0):
     """Fit the decoder of a saved (constructed) VAE again, its encoder — so the DiT's latents — unchanged."""
     x = sample_windows(data, windows, seed=seed)
-    codes = [Codes(x, level, max(vae.config.decoder_block_out_channels) + 1, temporal_weight) for level in range(4)]
-    with torch.no_grad():
-        z = batched(lambda v: vae.encode(v).latent_dist.mode(), x, 16)
-    build_decoder(vae, x, z, codes)
+    build_decoder(vae, x, latent_means(vae, x), level_codes(vae, x, temporal_weight))
     return vae
 
 
 @torch.no_grad()
 def psnr(vae, x: torch.Tensor) -> float:
-    rec = batched(lambda v: vae.decode(vae.encode(v).latent_dist.mode()).sample.clamp(-1, 1), x, 16)
-    return float(10 * torch.log10(4 / ((rec - x) ** 2).mean()))
+    """PSNR (dB) of windows x through the VAE (posterior means), as the VAE trainer's validation."""
+    from .vae import psnr as pixel_psnr
+
+    return pixel_psnr(batched(lambda v: vae.decode(v).sample.clamp(-1, 1), latent_means(vae, x), 16), x)
 
 
 def main(argv=None):
