@@ -50,3 +50,11 @@ def test_constructed_vae_computes_its_code_and_reconstructs(tmp_path):
     assert torch.allclose(vae.latents_std[:4], stats[:4], rtol=0.5)  # per-channel scale recorded for the DiT
     for r in vae.encoder.down_blocks[0].resnets:  # residual branches start as identity, free to learn
         assert not r.conv2.conv.weight.any()
+    # A decoder refitted with time taps in conv_out (windows of several latent frames) reads the frames
+    # before and after, and still reconstructs; the encoder, so the latents, are unchanged.
+    w = vae.encoder.conv_out.conv.weight.clone()
+    pca_init.refit_decoder(vae, tmp_path / "train", windows=60, frames=17, time_taps=True)
+    taps = vae.decoder.conv_out.conv.weight
+    assert taps[:, :, 0].any() and taps[:, :, 2].any() and not taps[:, :, :, 0].any()  # time taps, centre in space
+    assert torch.equal(vae.encoder.conv_out.conv.weight, w)
+    assert pca_init.psnr(vae, x) > 30

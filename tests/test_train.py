@@ -76,6 +76,8 @@ def _fake_latent_clips(root, cfg, n=2, n_lat=7, seed=0):
         frames = 1 + 8 * (n_lat - 1)
         np.savez(d / "frames.npz", frames=np.zeros((frames, 8, 8, 3), np.uint8))
         save_file({"features": randn(2 * frames, 384).half()}, str(d / "whisper.safetensors"))
+        np.savez(d / "gt.npz", mouth_box=np.tile(np.array([40, 70, 60, 80], np.int32), (frames, 1)))
+        (d / "meta.json").write_text(json.dumps({"size": cfg.height}))
 
 
 @pytest.mark.parametrize("encoder", ["linear", "scratch"])
@@ -107,7 +109,7 @@ def test_dit_ablation_runs_export_pipelines_that_generate(tmp_path, encoder):
 @pytest.mark.slow
 def test_dit_finetune_starts_from_the_given_dit_and_speech_ae_and_trains_both(tmp_path):
     """`--speech-encoder finetune --init-dit`: both models start from the given folders, both move;
-    `--heldout` logs a loss on clips it does not train on."""
+    `--heldout` logs a loss on clips it does not train on; `--mouth-weight` reads the clips' mouth boxes."""
     from pipeline.config import get_preset
     from pipeline.dit import build_dit
     from pipeline.pipeline import TalkingHeadPipeline
@@ -125,7 +127,8 @@ def test_dit_finetune_starts_from_the_given_dit_and_speech_ae_and_trains_both(tm
     train_dit.main(["--data", str(tmp_path / "data"), "--out", str(out), "--steps", "3", "--batch-size", "2",
                     "--val-every", "3", "--save-every", "3", "--lr", "1e-3", "--warmup", "1", "--vae", str(tmp_path / "vae"),
                     "--speech-ae", str(tmp_path / "ae0"), "--init-dit", str(tmp_path / "dit0"),
-                    "--speech-encoder", "finetune", "--export-weights", "raw", "--heldout", str(tmp_path / "data")])
+                    "--speech-encoder", "finetune", "--export-weights", "raw", "--heldout", str(tmp_path / "data"),
+                    "--mouth-weight", "4"])
     pipe = TalkingHeadPipeline.from_pretrained(out / "pipeline")
     import csv
 
@@ -249,3 +252,40 @@ def test_vae_trainer_widens_a_saved_decoder_and_trains_only_it(tmp_path):
         assert torch.equal(trained.encoder.state_dict()[k], v), k
     assert any(not torch.equal(p, q) for p, q in zip(trained.decoder.conv_out.parameters(),
                                                       small.decoder.conv_out.parameters()) if p.shape == q.shape)
+
+
+def test_mouth_mask_marks_the_latent_cells_under_the_mouth_box_in_the_causal_layout():
+    """Latent frame 0 is frame 0 alone, latent k the 8 frames after; a cell is marked when any of its
+    frames' boxes overlaps it (128-pixel frames, 4x4 latents: 32-pixel cells)."""
+    from pipeline.train.dit import mouth_mask
+
+    boxes = np.tile(np.array([40, 70, 60, 80], np.int32), (17, 1))  # columns 1, row 2
+    boxes[12] = [70, 100, 100, 110]  # one frame of latent 2 (frames 9..16) moves to columns 2-3, row 3
+    m = mouth_mask(boxes, (128, 3, 4, 4), 128)
+    want = torch.zeros(3, 4, 4, dtype=torch.bool)
+    want[:, 2, 1] = True
+    want[2, 3, 2:4] = True
+    assert torch.equal(m, want)
+
+
+def test_mouth_weighted_loss_is_the_plain_loss_at_weight_one_and_weights_the_mouth_cells():
+    from pipeline.train.dit import ans_loss
+
+    torch.manual_seed(0)
+    z, ref = torch.randn(2, 4, 3, 4, 4), torch.randn(2, 4, 1, 4, 4)
+    t, noise = torch.rand(2, 4), torch.randn(2, 4, 4, 4, 4)
+    model = lambda x, t, codes, drop_audio=None, drop_ref=None: 0.5 * x  # noqa: E731
+    off = torch.zeros(2, dtype=torch.bool)
+    plain = ans_loss(model, z, ref, None, t, noise, off, off)
+    ones = ans_loss(model, z, ref, None, t, noise, off, off, torch.ones(2, 1, 3, 4, 4))
+    torch.testing.assert_close(ones, plain)
+    w = torch.ones(2, 1, 3, 4, 4)
+    w[:, :, :, 2, 1] = 8.0
+    from pipeline.scheduler import add_noise, velocity_target
+
+    x0 = torch.cat([ref, z], 2)
+    err = (0.5 * add_noise(x0, noise, t) - velocity_target(x0, noise))[:, :, 1:] ** 2
+    mouth, rest = err[:, :, :, 2, 1].mean(), (err.sum() - err[:, :, :, 2, 1].sum()) / (err.numel() - err[:, :, :, 2, 1].numel())
+    n_mouth = 2 * 3  # cells (batch x frames)
+    want = (8 * mouth * n_mouth + rest * (2 * 3 * 15)) / (8 * n_mouth + 2 * 3 * 15)
+    torch.testing.assert_close(ans_loss(model, z, ref, None, t, noise, off, off, w), want)

@@ -47,25 +47,62 @@ class LatentWindows:
     trained with the DiT; the batch then carries (windows, first latent index) instead of codes.
     """
 
-    def __init__(self, clips, speech=None):
+    def __init__(self, clips, speech=None, mouth_weight: float = 1.0):
         self.items = [load_file(str(d / "latents.safetensors")) for d in clips]
+        self.mouth_weight = mouth_weight
+        if mouth_weight != 1.0:
+            for d, it in zip(clips, self.items):
+                it["mouth"] = mouth_mask(np.load(d / "gt.npz")["mouth_box"], it["latents"].shape, frame_size(d))
         if speech is not None:
             for d, it in zip(clips, self.items):
                 it["windows"] = speech_windows(d, video_frames(it["latents"].shape[1]), speech).half()
 
     def batch(self, size: int, f: int, rng):
-        zs, refs, codes, windows, starts = [], [], [], [], []
+        zs, refs, codes, windows, starts, masks = [], [], [], [], [], []
         for _ in range(size):
             it = self.items[rng.integers(len(self.items))]
             s = rng.integers(it["latents"].shape[1] - f + 1)
             zs.append(it["latents"][:, s : s + f])
+            if "mouth" in it:
+                masks.append(it["mouth"][s : s + f])
             refs.append(it["refs"][rng.integers(len(it["refs"]))][:, None])
             codes.append(it["codes"][s : s + f])
             if "windows" in it:
                 windows.append(it["windows"].float())
                 starts.append(int(s))
         audio = (torch.stack(windows), torch.tensor(starts)) if windows else torch.stack(codes)
-        return torch.stack(zs), torch.stack(refs), audio  # (B,C,f,h,w) (B,C,1,h,w) (B,f,M,Dc) or windows
+        # (B,C,f,h,w) (B,C,1,h,w) (B,f,M,Dc) or windows, (B,1,f,h,w) or None
+        return torch.stack(zs), torch.stack(refs), audio, self.loss_weight(masks)
+
+    def loss_weight(self, masks: list[torch.Tensor]) -> torch.Tensor | None:
+        """(B, 1, f, h, w) weights 1 outside, `mouth_weight` on the mouth's latent positions; None when off."""
+        if not masks:
+            return None
+        return (1.0 + (self.mouth_weight - 1.0) * torch.stack(masks).float())[:, None]
+
+
+def frame_size(clip) -> int:
+    """The clip's frame side in pixels (meta.json `size`)."""
+    import json
+
+    return int(json.loads((clip / "meta.json").read_text())["size"])
+
+
+def mouth_mask(boxes: np.ndarray, latent_shape, size: int) -> torch.Tensor:
+    """Which latent positions show the mouth: (L, h, w) bool, L = latent frames of `latent_shape` (C, L, h, w).
+
+    `boxes` (N, 4) are the generator's per-frame mouth boxes (x0, y0, x1, y1) in pixels of a `size`² frame.
+    Latent frame 0 stands for frame 0 alone and latent k >= 1 for frames 8k-7 .. 8k (LTX's causal layout); a
+    position is the mouth's when the box of any of its frames overlaps its cell.
+    """
+    _, L, h, w = latent_shape
+    cell_h, cell_w = size / h, size / w
+    mask = torch.zeros(L, h, w, dtype=torch.bool)
+    for k in range(L):
+        lo, hi = (0, 1) if k == 0 else (TEMPORAL_COMPRESSION * (k - 1) + 1, TEMPORAL_COMPRESSION * k + 1)
+        for x0, y0, x1, y1 in boxes[lo:min(hi, len(boxes))]:
+            mask[k, int(y0 // cell_h) : int(np.ceil(y1 / cell_h)), int(x0 // cell_w) : int(np.ceil(x1 / cell_w))] = True
+    return mask
 
 
 class SpeechDiT(torch.nn.Module):
@@ -89,12 +126,18 @@ class SpeechDiT(torch.nn.Module):
         return self.dit(x, t, codes, drop_audio=drop_audio, drop_ref=drop_ref)
 
 
-def ans_loss(model, z, ref, codes, t, noise, drop_audio, drop_ref):
-    """Velocity MSE under the asynchronous schedule t (B, 1+f); the reference is never noised."""
+def ans_loss(model, z, ref, codes, t, noise, drop_audio, drop_ref, weight=None):
+    """Velocity MSE under the asynchronous schedule t (B, 1+f); the reference is never noised.
+
+    `weight` (B, 1, f, h, w), optional: a weighted mean over the clip frames' positions (the mouth weight).
+    """
     x0 = torch.cat([ref, z], dim=2)  # (B, C, 1+f, h, w)
     xt = add_noise(x0, noise, t)
     v = model(xt, t, codes, drop_audio=drop_audio, drop_ref=drop_ref)
-    return F.mse_loss(v[:, :, 1:].float(), velocity_target(x0, noise)[:, :, 1:])
+    if weight is None:
+        return F.mse_loss(v[:, :, 1:].float(), velocity_target(x0, noise)[:, :, 1:])
+    err = (v[:, :, 1:].float() - velocity_target(x0, noise)[:, :, 1:]) ** 2
+    return (err * weight).sum() / (weight.sum() * err.shape[1])
 
 
 def parse_args(argv=None):
@@ -114,6 +157,9 @@ def parse_args(argv=None):
     p.add_argument("--heldout", help="clips never trained on (cached like --data): logs heldout_loss, which rises "
                                      "when the DiT starts to memorise the training clips")
     p.add_argument("--no-ans", action="store_true", help="ablation: synchronous noise, plain clip concatenation")
+    p.add_argument("--mouth-weight", type=float, default=1.0,
+                   help="loss weight of the latent positions that show the mouth (generator's mouth_box), others 1; "
+                        "lip/face masks weighting the diffusion loss as in Hallo (Xu et al. 2024); 1: plain MSE")
     p.add_argument("--export-weights", choices=["ema", "raw"], default="ema",
                    help="which weights the run exports (raw: the optimiser's, for short runs where the EMA lags)")
     args = p.parse_args(argv)
@@ -136,13 +182,13 @@ def build(args, cfg):
 def ans_batch(data, args, f, sc):
     """Draws (latents, reference, speech, times, noise, audio drop, reference drop) for one step."""
     def batch(rand):
-        z, ref, codes = data.batch(args.batch_size, f, rand.np)
+        z, ref, codes, weight = data.batch(args.batch_size, f, rand.np)
         B, g = z.shape[0], rand.torch
         t = sample_async_timesteps(B, f, sc.train_mu, sc.train_sigma, generator=g, synchronous=args.no_ans)
         noise = torch.randn((B,) + z.shape[1:2] + (f + 1,) + z.shape[3:], generator=g)
         drop_a = torch.rand(B, generator=g) < args.p_drop_audio
         drop_r = torch.rand(B, generator=g) < args.p_drop_ref
-        return z, ref, codes, t, noise, drop_a, drop_r
+        return z, ref, codes, t, noise, drop_a, drop_r, weight
     return batch
 
 
@@ -156,7 +202,7 @@ def main(argv=None):
     ema = copy.deepcopy(dit).requires_grad_(False)
     opt = torch.optim.AdamW(dit.parameters(), lr=args.lr, weight_decay=0.0)
     speech_cfg = cfg.speech if args.speech_encoder != "pretrained" else None  # whisper windows for a trained encoder
-    data = LatentWindows(list_clips(args.data), speech_cfg)
+    data = LatentWindows(list_clips(args.data), speech_cfg, args.mouth_weight)
     val = validation_batch(data, f, sc, args.no_ans)
     heldout = validation_batch(LatentWindows(list_clips(args.heldout), speech_cfg), f, sc, args.no_ans) if args.heldout else None
     stage = Stage("A2V-DiT (ANS)", dit, opt, ans_batch(data, args, f, sc), lambda m, b: (ans_loss(m, *b), {}),
@@ -179,7 +225,7 @@ def finish(cfg, args, ema, dit):
 
 def validation_batch(data, f, sc, synchronous=False):
     """A fixed batch with fixed times and noise, so val_loss curves are comparable across steps."""
-    z, ref, codes = data.batch(16, f, np.random.default_rng(123))
+    z, ref, codes, _ = data.batch(16, f, np.random.default_rng(123))  # unweighted: comparable across runs
     g = torch.Generator().manual_seed(123)
     t = sample_async_timesteps(16, f, sc.train_mu, sc.train_sigma, generator=g, synchronous=synchronous)
     noise = torch.randn((16,) + z.shape[1:2] + (f + 1,) + z.shape[3:], generator=g)

@@ -216,8 +216,12 @@ def latent_means(vae, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def build_decoder(vae, x: torch.Tensor, z: torch.Tensor, codes: list[Codes]) -> None:
-    """Fit the decoder to map latents z (the encoder's) back to the windows x."""
+def build_decoder(vae, x: torch.Tensor, z: torch.Tensor, codes: list[Codes], time_taps: bool = False) -> None:
+    """Fit the decoder to map latents z (the encoder's) back to the windows x.
+
+    time_taps: `conv_out` also reads the frame before and after (its 3 time taps), so that a frame at the
+    edge of one latent frame's 8 can blend with its neighbour's; fit on windows of several latent frames.
+    """
     dec = vae.decoder
     c_in, c_out = z.shape[1], dec.conv_in.conv.out_channels
     w, b = ridge(rows(neighbourhood(z)), rows(codes[3](x, c_out)), lam=1e-4)
@@ -237,8 +241,15 @@ def build_decoder(vae, x: torch.Tensor, z: torch.Tensor, codes: list[Codes]) -> 
         for r in block.resnets:
             zero_branch(r)
     a = F.silu(dec.norm_out(h.movedim(1, -1)).movedim(-1, 1))
-    w, b = ridge(rows(a), rows(patchify(x)))
-    set_taps(dec.conv_out.conv, w, b, (1, 1, 1))
+    if not time_taps:
+        w, b = ridge(rows(a), rows(patchify(x)))
+        set_taps(dec.conv_out.conv, w, b, (1, 1, 1))
+        return
+    p = torch.cat([a[:, :, :1], a, a[:, :, -1:]], dim=2)  # the non-causal decoder's replicate padding
+    t = a.shape[2]
+    w, b = ridge(rows(torch.cat([p[:, :, k : k + t] for k in range(3)], dim=1)), rows(patchify(x)), lam=1e-4)
+    c = a.shape[1]
+    set_taps(dec.conv_out.conv, w.reshape(-1, 3, c).permute(0, 2, 1).reshape(-1, c, 3, 1, 1), b, (0, 1, 1))
 
 
 def sample_windows(data, windows: int, frames: int = 9, seed: int = 0) -> torch.Tensor:
@@ -273,10 +284,11 @@ def construct(data, channels=(32, 64, 128, 128), windows: int = 400, logvar: flo
     return vae
 
 
-def refit_decoder(vae, data, windows: int = 400, temporal_weight: float = 1.0, seed: int = 0):
+def refit_decoder(vae, data, windows: int = 400, temporal_weight: float = 1.0, seed: int = 0, frames: int = 9,
+                  time_taps: bool = False):
     """Fit the decoder of a saved (constructed) VAE again, its encoder — so the DiT's latents — unchanged."""
-    x = sample_windows(data, windows, seed=seed)
-    build_decoder(vae, x, latent_means(vae, x), level_codes(vae, x, temporal_weight))
+    x = sample_windows(data, windows, frames, seed=seed)
+    build_decoder(vae, x, latent_means(vae, x), level_codes(vae, x, temporal_weight), time_taps)
     return vae
 
 
@@ -297,6 +309,9 @@ def main(argv=None):
     p.add_argument("--windows", type=int, default=400, help="9-frame training windows to fit on")
     p.add_argument("--temporal-weight", type=float, default=1.0, help="weight of motion in the codes (Codes)")
     p.add_argument("--refit-decoder", metavar="VAE", help="keep this constructed VAE's encoder, fit its decoder again")
+    p.add_argument("--frames", type=int, default=9, help="frames per fitting window (1 + 8k) for --refit-decoder")
+    p.add_argument("--time-taps", action="store_true",
+                   help="with --refit-decoder: the decoder's conv_out reads the frames before and after too")
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -304,7 +319,7 @@ def main(argv=None):
         from diffusers import AutoencoderKLLTXVideo
 
         vae = refit_decoder(AutoencoderKLLTXVideo.from_pretrained(a.refit_decoder).eval(), a.data, a.windows,
-                            a.temporal_weight)
+                            a.temporal_weight, frames=a.frames, time_taps=a.time_taps)
     else:
         vae = construct(a.data, tuple(int(c) for c in a.channels.split(",")), a.windows, temporal_weight=a.temporal_weight)
     vae.save_pretrained(f"{a.out}/vae")
