@@ -58,3 +58,18 @@ def test_constructed_vae_computes_its_code_and_reconstructs(tmp_path):
     assert taps[:, :, 0].any() and taps[:, :, 2].any() and not taps[:, :, :, 0].any()  # time taps, centre in space
     assert torch.equal(vae.encoder.conv_out.conv.weight, w)
     assert pca_init.psnr(vae, x) > 30
+
+
+def test_ridge_fits_the_changes_with_their_weight():
+    """`changes`: the fit also matches target changes (no bias in them); mu 0 gives the plain fit and a
+    large mu the changes' own solution."""
+    g = torch.Generator().manual_seed(0)
+    x, dx = torch.randn(500, 3, generator=g), torch.randn(400, 3, generator=g)
+    w1, w2 = torch.tensor([[1.0, 2.0, -1.0]]), torch.tensor([[0.5, -1.0, 3.0]])
+    y, dy = x @ w1.T + 4.0, dx @ w2.T  # levels with a bias, changes without
+    plain, bias = pca_init.ridge(x, y)
+    torch.testing.assert_close(plain, w1, atol=1e-4, rtol=0), torch.testing.assert_close(bias, torch.tensor([4.0]))
+    torch.testing.assert_close(pca_init.ridge(x, y, changes=(dx, dy, 0.0))[0], w1, atol=1e-4, rtol=0)
+    torch.testing.assert_close(pca_init.ridge(x, y, changes=(dx, dy, 1e6))[0], w2, atol=1e-3, rtol=0)
+    mid = pca_init.ridge(x, y, changes=(dx, dy, 1.0))[0]
+    assert (mid - w1).abs().max() > 0.1 and (mid - w2).abs().max() > 0.1

@@ -74,3 +74,24 @@ def test_streaming_decoder_pads_small_cpu_decodes_without_changing_what_it_emits
     assert outs[9].shape == outs[0].shape == full.shape
     err = {m: float((o - full).abs().mean()) for m, o in outs.items()}
     assert not torch.equal(outs[9], outs[0]) and err[9] < 1.5 * err[0], err
+
+
+def test_zero_residual_branches_are_skipped_exactly_and_only_at_inference():
+    """A block whose conv2 is all zero returns its shortcut alone: decode bit for bit the same; with
+    gradients on, the branch still runs (its conv2 gets a gradient); a non-zero branch is never skipped."""
+    torch.manual_seed(0)
+    vae = vae_lib.build_vae(VAEConfig(kwargs=SMALL_VAE)).eval()
+    blocks = [m for m in vae.decoder.modules() if type(m).__name__ == "LTXVideoResnetBlock3d"]
+    for b in blocks[:-1]:  # all but one decoder block start at zero (as pca_init leaves them)
+        b.conv2.conv.weight.data.zero_(), b.conv2.conv.bias.data.zero_()
+    z = torch.randn(1, vae.config.latent_channels, 3, 2, 2)
+    with torch.no_grad():
+        want = vae.decode(z).sample
+    assert vae_lib.skip_zero_residuals(vae) == len(blocks) - 1
+    with torch.no_grad():
+        assert torch.equal(vae.decode(z).sample, want)
+    vae.decode(z).sample.square().mean().backward()
+    assert blocks[0].conv2.conv.weight.grad.abs().sum() > 0  # trained, not skipped
+    with torch.no_grad():
+        blocks[0].conv2.conv.weight.add_(0.01)  # the branch learned something: it is computed again
+        assert not torch.equal(vae.decode(z).sample, want)

@@ -35,6 +35,7 @@ from .common import list_clips
 
 CONST = 300.0  # the constant channel's value: dominates the norms (signals have unit scale)
 MAX_ROWS = 150_000  # positions per least-squares fit
+FIT_WINDOWS = 64  # windows the time-tap conv_out is fitted on (each gives T·H/4·W/4 rows)
 
 
 def regions(x: torch.Tensor, level: int) -> torch.Tensor:
@@ -81,19 +82,32 @@ class Codes:
         return out.permute(0, 4, 1, 2, 3).contiguous()
 
 
-def ridge(features: torch.Tensor, targets: torch.Tensor, lam: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+def ridge(features: torch.Tensor, targets: torch.Tensor, lam: float = 1e-6,
+          changes: tuple[torch.Tensor, torch.Tensor, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Least squares with a bias: features (N, F), targets (N, O) -> weight (O, F), bias (O,). The
     features are standardised first, so that the small ridge term `lam` is the same for every one
-    (a norm shrinks the signals ~100x beside the constant channel)."""
+    (a norm shrinks the signals ~100x beside the constant channel).
+
+    changes (feature changes (M, F), target changes (M, O), weight mu): also fit mu·|ΔY - ΔX W|², the
+    frame-to-frame change of the output to the truth's (the bias cancels in a change).
+    """
     if len(features) > MAX_ROWS:  # a random subset is as good a fit and fits in memory
         keep = torch.randperm(len(features), generator=torch.Generator().manual_seed(0))[:MAX_ROWS]
         features, targets = features[keep], targets[keep]
     f = features.double()
     mean, std = f.mean(0), f.std(0).clamp_min(1e-12)
     a = torch.cat([(f - mean) / std, torch.ones(len(f), 1, dtype=torch.float64)], dim=1)
-    gram = a.T @ a
+    gram, rhs = a.T @ a, a.T @ targets.double()
+    if changes is not None:
+        df, dy, mu = changes
+        if len(df) > MAX_ROWS:
+            pick = torch.randperm(len(df), generator=torch.Generator().manual_seed(1))[:MAX_ROWS]
+            df, dy = df[pick], dy[pick]
+        scale = mu * len(f) / len(df)  # mu per row, whatever the two row counts
+        d = torch.cat([df.double() / std, torch.zeros(len(df), 1, dtype=torch.float64)], dim=1)
+        gram, rhs = gram + scale * d.T @ d, rhs + scale * d.T @ dy.double()
     gram[:-1, :-1] += lam * len(f) * torch.eye(len(gram) - 1, dtype=torch.float64)
-    sol = torch.linalg.solve(gram, a.T @ targets.double())  # (F + 1, O)
+    sol = torch.linalg.solve(gram, rhs)  # (F + 1, O)
     weight = sol[:-1].T / std
     return weight.float(), (sol[-1] - weight @ mean).float()
 
@@ -216,11 +230,14 @@ def latent_means(vae, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def build_decoder(vae, x: torch.Tensor, z: torch.Tensor, codes: list[Codes], time_taps: bool = False) -> None:
+def build_decoder(vae, x: torch.Tensor, z: torch.Tensor, codes: list[Codes], time_taps: bool = False,
+                  change_weight: float = 0.0) -> None:
     """Fit the decoder to map latents z (the encoder's) back to the windows x.
 
     time_taps: `conv_out` also reads the frame before and after (its 3 time taps), so that a frame at the
     edge of one latent frame's 8 can blend with its neighbour's; fit on windows of several latent frames.
+    change_weight (with time_taps): weight of matching the frame-to-frame change too (`ridge`'s changes),
+    against the jump at latent-frame boundaries, where two blocks' independent code errors meet.
     """
     dec = vae.decoder
     c_in, c_out = z.shape[1], dec.conv_in.conv.out_channels
@@ -245,9 +262,14 @@ def build_decoder(vae, x: torch.Tensor, z: torch.Tensor, codes: list[Codes], tim
         w, b = ridge(rows(a), rows(patchify(x)))
         set_taps(dec.conv_out.conv, w, b, (1, 1, 1))
         return
+    a, x = a[:FIT_WINDOWS], x[:FIT_WINDOWS]  # rows enough for MAX_ROWS, and memory for the changes
     p = torch.cat([a[:, :, :1], a, a[:, :, -1:]], dim=2)  # the non-causal decoder's replicate padding
     t = a.shape[2]
-    w, b = ridge(rows(torch.cat([p[:, :, k : k + t] for k in range(3)], dim=1)), rows(patchify(x)), lam=1e-4)
+    feats, pixels = torch.cat([p[:, :, k : k + t] for k in range(3)], dim=1), patchify(x)
+    changes = None
+    if change_weight:
+        changes = (rows(feats.diff(dim=2)), rows(pixels.diff(dim=2)), change_weight)
+    w, b = ridge(rows(feats), rows(pixels), lam=1e-4, changes=changes)
     c = a.shape[1]
     set_taps(dec.conv_out.conv, w.reshape(-1, 3, c).permute(0, 2, 1).reshape(-1, c, 3, 1, 1), b, (0, 1, 1))
 
@@ -285,10 +307,10 @@ def construct(data, channels=(32, 64, 128, 128), windows: int = 400, logvar: flo
 
 
 def refit_decoder(vae, data, windows: int = 400, temporal_weight: float = 1.0, seed: int = 0, frames: int = 9,
-                  time_taps: bool = False):
+                  time_taps: bool = False, change_weight: float = 0.0):
     """Fit the decoder of a saved (constructed) VAE again, its encoder — so the DiT's latents — unchanged."""
     x = sample_windows(data, windows, frames, seed=seed)
-    build_decoder(vae, x, latent_means(vae, x), level_codes(vae, x, temporal_weight), time_taps)
+    build_decoder(vae, x, latent_means(vae, x), level_codes(vae, x, temporal_weight), time_taps, change_weight)
     return vae
 
 
@@ -312,6 +334,8 @@ def main(argv=None):
     p.add_argument("--frames", type=int, default=9, help="frames per fitting window (1 + 8k) for --refit-decoder")
     p.add_argument("--time-taps", action="store_true",
                    help="with --refit-decoder: the decoder's conv_out reads the frames before and after too")
+    p.add_argument("--change-weight", type=float, default=0.0,
+                   help="with --time-taps: also fit the frame-to-frame change (against latent-boundary jumps)")
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -319,7 +343,7 @@ def main(argv=None):
         from diffusers import AutoencoderKLLTXVideo
 
         vae = refit_decoder(AutoencoderKLLTXVideo.from_pretrained(a.refit_decoder).eval(), a.data, a.windows,
-                            a.temporal_weight, frames=a.frames, time_taps=a.time_taps)
+                            a.temporal_weight, frames=a.frames, time_taps=a.time_taps, change_weight=a.change_weight)
     else:
         vae = construct(a.data, tuple(int(c) for c in a.channels.split(",")), a.windows, temporal_weight=a.temporal_weight)
     vae.save_pretrained(f"{a.out}/vae")
