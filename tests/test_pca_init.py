@@ -73,3 +73,39 @@ def test_ridge_fits_the_changes_with_their_weight():
     torch.testing.assert_close(pca_init.ridge(x, y, changes=(dx, dy, 1e6))[0], w2, atol=1e-3, rtol=0)
     mid = pca_init.ridge(x, y, changes=(dx, dy, 1.0))[0]
     assert (mid - w1).abs().max() > 0.1 and (mid - w2).abs().max() > 0.1
+
+
+@pytest.mark.slow
+def test_freezing_the_constant_channel_columns_keeps_a_constructed_vae_trainable(tmp_path):
+    """The VAE trainer's --freeze-constant: only columns that read the constant channel are frozen, and
+    Adam's first steps then cost far less reconstruction than with every weight free."""
+    import copy
+
+    from pipeline.train.vae import freeze_constant_inputs
+
+    torch.manual_seed(0)
+    _smooth_clips(tmp_path / "train", clips=6)
+    torch.set_num_threads(1)
+    built = pca_init.construct(tmp_path / "train", channels=(8, 16, 32, 32), windows=60)
+    x = pca_init.sample_windows(tmp_path / "train", 4, seed=3)
+    start = pca_init.psnr(built, x)
+
+    def adam_steps(freeze):
+        vae = copy.deepcopy(built).train()
+        vae.encoder.requires_grad_(False)
+        frozen = freeze_constant_inputs(vae, x[:2]) if freeze else 0
+        before = {n: p.clone() for n, p in vae.decoder.named_parameters()}
+        opt = torch.optim.Adam([p for p in vae.parameters() if p.requires_grad], lr=1e-5)
+        for _ in range(3):
+            z = vae.encode(x).latent_dist.mode()
+            loss = torch.nn.functional.mse_loss(vae.decode(z).sample, x)
+            opt.zero_grad(), loss.backward(), opt.step()
+        return vae.eval(), frozen, before
+
+    free, _, _ = adam_steps(False)
+    kept, frozen, before = adam_steps(True)
+    assert frozen > 0
+    w0, w1 = before["mid_block.resnets.0.conv1.conv.weight"], kept.decoder.mid_block.resnets[0].conv1.conv.weight
+    assert torch.equal(w1[:, 0], w0[:, 0]) and not torch.equal(w1[:, 1:], w0[:, 1:])  # channel 0 is the constant
+    # measured: 47.7 dB built, 25.9 after 3 free steps, 39.6 with the constant's columns frozen
+    assert pca_init.psnr(kept, x) > pca_init.psnr(free, x) + 10 and pca_init.psnr(kept, x) < start

@@ -250,6 +250,8 @@ def test_vae_trainer_widens_a_saved_decoder_and_trains_only_it(tmp_path):
     assert trained.config.decoder_block_out_channels == [32, 64, 128, 128]
     for k, v in small.encoder.state_dict().items():
         assert torch.equal(trained.encoder.state_dict()[k], v), k
+    exported = load_vae(tmp_path / "run" / "vae")  # the DiT's latent statistics are kept with the encoder
+    assert torch.equal(exported.latents_mean, small.latents_mean) and torch.equal(exported.latents_std, small.latents_std)
     assert any(not torch.equal(p, q) for p, q in zip(trained.decoder.conv_out.parameters(),
                                                       small.decoder.conv_out.parameters()) if p.shape == q.shape)
 

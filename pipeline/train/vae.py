@@ -134,6 +134,8 @@ def parse_args(argv=None):
     p.add_argument("--widen-from", help="a trained VAE (checkpoint or save_pretrained folder) whose decoder this "
                    "one's wider decoder starts as (function-preserving, pipeline/train/widen.py); widths must be multiples")
     p.add_argument("--freeze-encoder", action="store_true", help="train the decoder only, on posterior means")
+    p.add_argument("--freeze-constant", action="store_true",
+                   help="a constructed VAE (pca_init): weights that read its constant channel stay as they are")
     p.add_argument("--sample-posterior", action="store_true",
                    help="decode a posterior sample, as a classic VAE does (default: the posterior mean, as every "
                         "shipped VAE was trained: their log-variance channel never learnt, std 1 against means "
@@ -163,6 +165,44 @@ def build(args):
     return vae
 
 
+def freeze_constant_inputs(vae, x: torch.Tensor, ratio: float = 1e-3) -> int:
+    """Zero the gradient of every weight column that reads a constant input channel, found on batch x.
+
+    A constructed VAE (`pipeline.train.pca_init`) carries one large constant channel through every stage.
+    A weight reading it acts as a bias scaled by that constant, so Adam's first steps (every weight moves
+    by ~lr) shift the outputs hundreds of times more through those columns than through the others;
+    frozen, the columns keep their bias role and the layers' real biases still learn. Applies to 3-D
+    convolutions (whole input channel) and norm weights (that channel's gain). Returns the count frozen.
+    """
+    from diffusers.models.normalization import RMSNorm
+
+    found: dict[torch.nn.Parameter, torch.Tensor] = {}
+
+    def hook(module, inputs, _output):
+        h = inputs[0].detach().float()
+        dim = 1 if isinstance(module, torch.nn.Conv3d) else -1  # norms see channels last
+        flat = h.movedim(dim, 0).flatten(1)
+        const = (flat.std(dim=1) < ratio * flat.mean(dim=1).abs()) & (flat.mean(dim=1).abs() > 1.0)
+        if const.any() and module.weight.requires_grad:
+            mask = torch.ones_like(module.weight)
+            if isinstance(module, torch.nn.Conv3d):
+                mask[:, const] = 0
+            else:
+                mask[const] = 0
+            found[module.weight] = mask
+
+    kinds = (torch.nn.Conv3d, torch.nn.LayerNorm, RMSNorm)
+    handles = [m.register_forward_hook(hook) for m in vae.modules()
+               if isinstance(m, kinds) and getattr(m, "weight", None) is not None]
+    with torch.no_grad():
+        vae.decode(vae.encode(x).latent_dist.mode())
+    for h in handles:
+        h.remove()
+    for weight, mask in found.items():
+        weight.register_hook(lambda g, mask=mask: g * mask)
+    return len(found)
+
+
 class VAEData:
     """Training clips and a fixed validation set (held-out clips when given)."""
 
@@ -188,6 +228,8 @@ def main(argv=None):
     ema = copy.deepcopy(vae).requires_grad_(False) if args.ema else None
     opt = torch.optim.AdamW([p for p in objective.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
     data = VAEData(args)
+    if args.freeze_constant:
+        print(f"froze the constant-channel columns of {freeze_constant_inputs(vae, data.val_video[0][:2])} weights")
 
     def loss(module, b):
         images, video = b
@@ -224,13 +266,15 @@ def validate(vae, data):
 
 @torch.no_grad()
 def finish(vae, clips, args):
-    """Latent statistics into the VAE's buffers, then save_pretrained."""
+    """Latent statistics into the VAE's buffers (kept as loaded when the encoder was frozen: the DiT's
+    cached latents were normalised with them), then save_pretrained."""
     vae.eval()
-    vae.latents_mean.zero_(), vae.latents_std.fill_(1.0)
-    x, _, _ = sample_batch(clips, 16, args.frames, np.random.default_rng(7))
-    z = torch.cat([encode(vae, x[i : i + 4]) for i in range(0, 16, 4)])  # un-normalised (buffers reset)
-    vae.latents_mean.copy_(z.mean(dim=(0, 2, 3, 4)))
-    vae.latents_std.copy_(z.std(dim=(0, 2, 3, 4)).clamp_min(1e-4))
+    if not args.freeze_encoder:
+        vae.latents_mean.zero_(), vae.latents_std.fill_(1.0)
+        x, _, _ = sample_batch(clips, 16, args.frames, np.random.default_rng(7))
+        z = torch.cat([encode(vae, x[i : i + 4]) for i in range(0, 16, 4)])  # un-normalised (buffers reset)
+        vae.latents_mean.copy_(z.mean(dim=(0, 2, 3, 4)))
+        vae.latents_std.copy_(z.std(dim=(0, 2, 3, 4)).clamp_min(1e-4))
     export = copy.deepcopy(vae).half() if args.export_dtype == "fp16" else vae  # fp16: half the file size
     export.save_pretrained(f"{args.out}/vae")
 
