@@ -13,6 +13,10 @@ given) reports PSNR of single frames, of video windows and of their mouth box. A
 statistics are written into the VAE's own `latents_mean` / `latents_std` buffers and the VAE is saved
 with `save_pretrained` in `OUT/vae`. Re-running with `--steps` equal to the checkpoint's step
 exports that checkpoint without training.
+
+A VAE constructed by `pipeline.train.pca_init` is fine-tuned with `--init-from <it> --freeze-constant`
+(and usually `--freeze-encoder`, which keeps the DiT's latents and their statistics): the weights that
+read its constant channel stay fixed, and a learning rate around 1e-5 keeps its reconstruction.
 """
 from __future__ import annotations
 
