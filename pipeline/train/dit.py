@@ -35,7 +35,7 @@ from ..config import TEMPORAL_COMPRESSION, get_preset
 from ..dit import A2VDiT, build_dit
 from ..scheduler import add_noise, sample_async_timesteps, velocity_target
 from ..speech import build_speech_encoder, load_speech_encoder
-from ..vae import video_frames
+from ..vae import first_video_frame, video_frames
 from .cache import speech_windows
 from .common import Stage, base_parser, list_clips, make_accelerator, train
 
@@ -99,8 +99,7 @@ def mouth_mask(boxes: np.ndarray, latent_shape, size: int) -> torch.Tensor:
     cell_h, cell_w = size / h, size / w
     mask = torch.zeros(L, h, w, dtype=torch.bool)
     for k in range(L):
-        lo, hi = (0, 1) if k == 0 else (TEMPORAL_COMPRESSION * (k - 1) + 1, TEMPORAL_COMPRESSION * k + 1)
-        for x0, y0, x1, y1 in boxes[lo:min(hi, len(boxes))]:
+        for x0, y0, x1, y1 in boxes[first_video_frame(k) : first_video_frame(k + 1)]:
             mask[k, int(y0 // cell_h) : int(np.ceil(y1 / cell_h)), int(x0 // cell_w) : int(np.ceil(x1 / cell_w))] = True
     return mask
 
