@@ -109,3 +109,28 @@ def test_freezing_the_constant_channel_columns_keeps_a_constructed_vae_trainable
     assert torch.equal(w1[:, 0], w0[:, 0]) and not torch.equal(w1[:, 1:], w0[:, 1:])  # channel 0 is the constant
     # measured: 47.7 dB built, 25.9 after 3 free steps, 39.6 with the constant's columns frozen
     assert pca_init.psnr(kept, x) > pca_init.psnr(free, x) + 10 and pca_init.psnr(kept, x) < start
+
+
+@torch.no_grad()
+def test_upsampler_time_taps_fit_a_kernel_that_reads_the_neighbouring_latent_frames():
+    """A depth-to-space upsampler whose kernel reads the parents before and after in time (centre in
+    space) and its 3x3 neighbours is recovered exactly by `fit_upsampler(time_taps=True)`; without
+    time taps the same children are only approximated."""
+    from pipeline.config import TINY_VAE, VAEConfig
+    from pipeline.vae import build_vae
+
+    kwargs = dict(TINY_VAE, block_out_channels=(4, 8, 8, 8), decoder_block_out_channels=(4, 8, 8, 8))
+    up = build_vae(VAEConfig(kwargs=kwargs)).decoder.up_blocks[1].upsamplers[0]  # 8 -> 64 channels
+    torch.manual_seed(0)
+    kernel = torch.zeros_like(up.conv.conv.weight)
+    kernel[:, :, 1] = torch.randn(64, 8, 3, 3) * 0.1
+    kernel[:, :, 0, 1, 1], kernel[:, :, 2, 1, 1] = torch.randn(64, 8) * 0.1, torch.randn(64, 8) * 0.1
+    up.conv.conv.weight.copy_(kernel)
+    h = torch.randn(6, 8, 5, 4, 4)
+    child = up(h)  # (6, 8, 9, 8, 8): the first child in time is dropped
+    assert child.shape == (6, 8, 9, 8, 8)
+    pca_init.fit_upsampler(up.conv.conv, h, child, neighbours=True, time_taps=True)
+    assert torch.allclose(up(h), child, atol=1e-3)
+    assert up.conv.conv.weight[:, :, 0, 1, 1].any() and not up.conv.conv.weight[:, :, 0, 0].any()
+    pca_init.fit_upsampler(up.conv.conv, h, child, neighbours=True)
+    assert (up(h) - child).abs().mean() > 0.05 and not up.conv.conv.weight[:, :, 0].any()

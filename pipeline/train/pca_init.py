@@ -165,14 +165,25 @@ def fit_downsampler(conv: torch.nn.Conv3d, h: torch.Tensor, target: torch.Tensor
     set_taps(conv, w.reshape(-1, c, 2, 2, 2), bias, (1, 1, 1))
 
 
-def fit_upsampler(conv: torch.nn.Conv3d, h: torch.Tensor, child: torch.Tensor, neighbours: bool = False) -> None:
+def fit_upsampler(conv: torch.nn.Conv3d, h: torch.Tensor, child: torch.Tensor, neighbours: bool = False,
+                  time_taps: bool = False) -> None:
     """Depth-to-space 3x3x3 conv (centre tap): parent (t, i, j) -> children (2t + st - 1, 2i + sh, 2j + sw),
-    output channel c·8 + st·4 + sh·2 + sw; the child (t=0, st=0) is dropped by the upsampler."""
+    output channel c·8 + st·4 + sh·2 + sw; the child (t=0, st=0) is dropped by the upsampler.
+
+    neighbours: the parent's 8 spatial neighbours are read too (3x3 taps at the centre time).
+    time_taps (with neighbours): so are the parents before and after in time (their centre taps; the
+    decoder's non-causal padding repeats the end ones), so that a child at the edge of its parent's span
+    is predicted from both sides of the boundary, as the truth is continuous there.
+    """
     b, c, t, hh, ww = h.shape
     cc = child.shape[1]
     padded = torch.cat([child[:, :, :1], child], dim=2)  # a dummy child for (t=0, st=0)
     y = padded.reshape(b, cc, t, 2, hh, 2, ww, 2)
-    x = rows(neighbourhood(h) if neighbours else h)
+    x = neighbourhood(h) if neighbours else h
+    if neighbours and time_taps:
+        before, after = torch.cat([h[:, :, :1], h[:, :, :-1]], 2), torch.cat([h[:, :, 1:], h[:, :, -1:]], 2)
+        x = torch.cat([x, before, after], dim=1)
+    x = rows(x)
     weight, bias = torch.zeros(cc * 8, x.shape[1]), torch.zeros(cc * 8)
     for st in range(2):
         for sh in range(2):
@@ -184,7 +195,14 @@ def fit_upsampler(conv: torch.nn.Conv3d, h: torch.Tensor, child: torch.Tensor, n
                 w, bb = ridge(x[keep.flatten()], target[keep.flatten()], lam=1e-4 if neighbours else 1e-6)
                 k = st * 4 + sh * 2 + sw
                 weight[k::8], bias[k::8] = w, bb
-    set_taps(conv, weight.reshape(cc * 8, c, 1, 3, 3) if neighbours else weight, bias, (1, 0, 0) if neighbours else (1, 1, 1))
+    if not neighbours:
+        set_taps(conv, weight, bias, (1, 1, 1))
+        return
+    kernel = torch.zeros(cc * 8, c, 3, 3, 3)
+    kernel[:, :, 1] = weight[:, : 9 * c].reshape(cc * 8, c, 3, 3)
+    if time_taps:
+        kernel[:, :, 0, 1, 1], kernel[:, :, 2, 1, 1] = weight[:, 9 * c : 10 * c], weight[:, 10 * c :]
+    set_taps(conv, kernel, bias, (0, 0, 0))
 
 
 def patchify(x: torch.Tensor, p: int = 4) -> torch.Tensor:
@@ -231,13 +249,15 @@ def latent_means(vae, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def build_decoder(vae, x: torch.Tensor, z: torch.Tensor, codes: list[Codes], time_taps: bool = False,
-                  change_weight: float = 0.0) -> None:
+                  change_weight: float = 0.0, deep_time_taps: bool = False) -> None:
     """Fit the decoder to map latents z (the encoder's) back to the windows x.
 
     time_taps: `conv_out` also reads the frame before and after (its 3 time taps), so that a frame at the
     edge of one latent frame's 8 can blend with its neighbour's; fit on windows of several latent frames.
     change_weight (with time_taps): weight of matching the frame-to-frame change too (`ridge`'s changes),
     against the jump at latent-frame boundaries, where two blocks' independent code errors meet.
+    deep_time_taps: the two deeper upsamplers read the parents before and after in time too
+    (`fit_upsampler`), so the blend across a latent-frame boundary spans 4 frames, not 1.
     """
     dec = vae.decoder
     c_in, c_out = z.shape[1], dec.conv_in.conv.out_channels
@@ -253,7 +273,8 @@ def build_decoder(vae, x: torch.Tensor, z: torch.Tensor, codes: list[Codes], tim
         if block.upsamplers is not None:
             level -= 1
             conv = block.upsamplers[0].conv.conv
-            fit_upsampler(conv, h, codes[level](x, conv.out_channels // 8), neighbours=level >= 1)
+            fit_upsampler(conv, h, codes[level](x, conv.out_channels // 8), neighbours=level >= 1,
+                          time_taps=deep_time_taps)
             h = batched(block.upsamplers[0], h)
         for r in block.resnets:
             zero_branch(r)
@@ -307,10 +328,11 @@ def construct(data, channels=(32, 64, 128, 128), windows: int = 400, logvar: flo
 
 
 def refit_decoder(vae, data, windows: int = 400, temporal_weight: float = 1.0, seed: int = 0, frames: int = 9,
-                  time_taps: bool = False, change_weight: float = 0.0):
+                  time_taps: bool = False, change_weight: float = 0.0, deep_time_taps: bool = False):
     """Fit the decoder of a saved (constructed) VAE again, its encoder — so the DiT's latents — unchanged."""
     x = sample_windows(data, windows, frames, seed=seed)
-    build_decoder(vae, x, latent_means(vae, x), level_codes(vae, x, temporal_weight), time_taps, change_weight)
+    build_decoder(vae, x, latent_means(vae, x), level_codes(vae, x, temporal_weight), time_taps, change_weight,
+                  deep_time_taps)
     return vae
 
 
@@ -336,6 +358,8 @@ def main(argv=None):
                    help="with --refit-decoder: the decoder's conv_out reads the frames before and after too")
     p.add_argument("--change-weight", type=float, default=0.0,
                    help="with --time-taps: also fit the frame-to-frame change (against latent-boundary jumps)")
+    p.add_argument("--deep-time-taps", action="store_true",
+                   help="with --refit-decoder: the two deeper upsamplers read the latent frames before and after too")
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -343,7 +367,8 @@ def main(argv=None):
         from diffusers import AutoencoderKLLTXVideo
 
         vae = refit_decoder(AutoencoderKLLTXVideo.from_pretrained(a.refit_decoder).eval(), a.data, a.windows,
-                            a.temporal_weight, frames=a.frames, time_taps=a.time_taps, change_weight=a.change_weight)
+                            a.temporal_weight, frames=a.frames, time_taps=a.time_taps, change_weight=a.change_weight,
+                            deep_time_taps=a.deep_time_taps)
     else:
         vae = construct(a.data, tuple(int(c) for c in a.channels.split(",")), a.windows, temporal_weight=a.temporal_weight)
     vae.save_pretrained(f"{a.out}/vae")
