@@ -122,6 +122,13 @@ def neighbourhood(h: torch.Tensor) -> torch.Tensor:
     return torch.stack(taps, dim=2).reshape(b, c * 9, t, hh, ww)
 
 
+def time_window(h: torch.Tensor) -> list[torch.Tensor]:
+    """What a 3-tap time kernel of the non-causal decoder reads at each frame, centre in space:
+    [frame before, frame, frame after] of h (B, C, T, H, W), the ends repeated (its replicate padding)."""
+    p = torch.cat([h[:, :, :1], h, h[:, :, -1:]], dim=2)
+    return [p[:, :, k : k + h.shape[2]] for k in range(3)]
+
+
 def rows(h: torch.Tensor) -> torch.Tensor:
     """(B, C, G, h, w) -> (B·G·h·w, C)."""
     return h.permute(0, 2, 3, 4, 1).reshape(-1, h.shape[1])
@@ -181,7 +188,7 @@ def fit_upsampler(conv: torch.nn.Conv3d, h: torch.Tensor, child: torch.Tensor, n
     y = padded.reshape(b, cc, t, 2, hh, 2, ww, 2)
     x = neighbourhood(h) if neighbours else h
     if neighbours and time_taps:
-        before, after = torch.cat([h[:, :, :1], h[:, :, :-1]], 2), torch.cat([h[:, :, 1:], h[:, :, -1:]], 2)
+        before, _, after = time_window(h)
         x = torch.cat([x, before, after], dim=1)
     x = rows(x)
     weight, bias = torch.zeros(cc * 8, x.shape[1]), torch.zeros(cc * 8)
@@ -284,9 +291,7 @@ def build_decoder(vae, x: torch.Tensor, z: torch.Tensor, codes: list[Codes], tim
         set_taps(dec.conv_out.conv, w, b, (1, 1, 1))
         return
     a, x = a[:FIT_WINDOWS], x[:FIT_WINDOWS]  # rows enough for MAX_ROWS, and memory for the changes
-    p = torch.cat([a[:, :, :1], a, a[:, :, -1:]], dim=2)  # the non-causal decoder's replicate padding
-    t = a.shape[2]
-    feats, pixels = torch.cat([p[:, :, k : k + t] for k in range(3)], dim=1), patchify(x)
+    feats, pixels = torch.cat(time_window(a), dim=1), patchify(x)
     changes = None
     if change_weight:
         changes = (rows(feats.diff(dim=2)), rows(pixels.diff(dim=2)), change_weight)
