@@ -291,3 +291,26 @@ def test_mouth_weighted_loss_is_the_plain_loss_at_weight_one_and_weights_the_mou
     n_mouth = 2 * 3  # cells (batch x frames)
     want = (8 * mouth * n_mouth + rest * (2 * 3 * 15)) / (8 * n_mouth + 2 * 3 * 15)
     torch.testing.assert_close(ans_loss(model, z, ref, None, t, noise, off, off, w), want)
+
+
+def test_grow_depth_computes_the_same_velocity_and_its_new_blocks_learn():
+    """The deepened DiT equals the trained one on the same input (old blocks kept in order, new ones the
+    identity), and a loss step reaches every new block's output projections."""
+    from pipeline.dit import A2VDiT
+    from pipeline.train.dit import grow_depth
+    from .conftest import randomize
+
+    dit = randomize(A2VDiT(in_channels=4, hidden_size=16, depth=3, num_heads=2, audio_dim=6, rope_axes=(2, 2, 4)), seed=1)
+    deeper = grow_depth(dit, 5)
+    assert deeper.config.depth == 5
+    torch.manual_seed(0)
+    x, t, audio = torch.randn(2, 4, 4, 4, 4), torch.rand(2, 4), torch.randn(2, 3, 2, 6)
+    drop = torch.tensor([False, True])
+    with torch.no_grad():
+        torch.testing.assert_close(deeper(x, t, audio, drop_audio=drop), dit(x, t, audio, drop_audio=drop))
+    deeper(x, t, audio).square().mean().backward()
+    new = [1, 3]  # 3 old blocks at 0, 2, 4
+    assert all(deeper.blocks[j].mlp[2].weight.grad.abs().sum() > 0 for j in new)
+    assert all(deeper.blocks[j].attn.out.weight.grad.abs().sum() > 0 for j in new)
+    with pytest.raises(ValueError, match="smaller"):
+        grow_depth(dit, 2)

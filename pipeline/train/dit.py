@@ -153,6 +153,8 @@ def parse_args(argv=None):
                         "pretrained SpeechAE trained with the DiT; scratch / linear: ablations trained with the "
                         "DiT on the cached Whisper features")
     p.add_argument("--init-dit", help="start the DiT from this trained DiT folder (save_pretrained)")
+    p.add_argument("--grow-depth", type=int, help="with --init-dit: deepen it to this many blocks, the new ones "
+                                                  "starting as the identity (`grow_depth`)")
     p.add_argument("--heldout", help="clips never trained on (cached like --data): logs heldout_loss, which rises "
                                      "when the DiT starts to memorise the training clips")
     p.add_argument("--no-ans", action="store_true", help="ablation: synchronous noise, plain clip concatenation")
@@ -164,18 +166,50 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.speech_encoder == "finetune" and not args.speech_ae:
         p.error("--speech-encoder finetune starts from --speech-ae")
+    if args.grow_depth and not args.init_dit:
+        p.error("--grow-depth deepens a trained DiT: give --init-dit")
     return args
 
 
 def build(args, cfg):
     """The DiT (fresh or --init-dit), wrapped with a trained speech encoder unless codes are cached."""
     dit = (A2VDiT.from_pretrained(args.init_dit) if args.init_dit else build_dit(cfg.dit)).train()
+    if args.grow_depth:
+        dit = grow_depth(dit, args.grow_depth).train()
     if args.speech_encoder == "finetune":
         return SpeechDiT(dit, load_speech_encoder(args.speech_ae)).train()
     if args.speech_encoder != "pretrained":
         kind = "linear" if args.speech_encoder == "linear" else "speech_ae"
         return SpeechDiT(dit, build_speech_encoder(cfg.speech, kind)).train()
     return dit
+
+
+def grow_depth(dit: A2VDiT, depth: int) -> A2VDiT:
+    """A deeper copy of a trained DiT that computes the same function (a function-preserving
+    deepening, as Net2Net's identity layers, Chen et al. 2016).
+
+    The old blocks keep their weights and order; the new ones are spread evenly between them, freshly
+    initialised but with the output projections of their self-attention, audio cross-attention and MLP
+    at zero, so each adds nothing until it trains (its gradients are not zero: those projections'
+    inputs are not). The modulation is shared by all blocks, so zero gates would not do.
+    Raises ValueError when `depth` is smaller than the DiT's depth.
+    """
+    old = dit.config.depth
+    if depth < old:
+        raise ValueError(f"grow_depth: depth {depth} is smaller than the DiT's {old}")
+    kwargs = {k: v for k, v in dit.config.items() if not k.startswith("_")}
+    deeper = A2VDiT(**(kwargs | {"depth": depth})).to(next(dit.parameters()).dtype)
+    where = np.round(np.linspace(0, depth - 1, old)).astype(int) if old > 1 else np.array([0])
+    state = {k: v for k, v in dit.state_dict().items() if not k.startswith("blocks.")}
+    for i, j in enumerate(where):
+        state |= {f"blocks.{j}.{k}": v for k, v in dit.blocks[i].state_dict().items()}
+    for j in sorted(set(range(depth)) - set(where.tolist())):
+        block = deeper.blocks[j]
+        for m in (block.attn.out, block.audio_attn.out, block.mlp[2]):
+            torch.nn.init.zeros_(m.weight), torch.nn.init.zeros_(m.bias)
+        state |= {f"blocks.{j}.{k}": v for k, v in block.state_dict().items()}
+    deeper.load_state_dict(state)
+    return deeper
 
 
 def ans_batch(data, args, f, sc):
