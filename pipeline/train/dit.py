@@ -19,7 +19,8 @@ Ablations (READ Table 2 and Fig. 2), same script and budget:
 
 `--speech-encoder finetune` starts from the pretrained SpeechAE (`--speech-ae`) and trains it with the
 DiT (the encoder's decoder is unused); `--init-dit` starts the DiT from a trained one. Together they
-fine-tune a shipped model end to end (docs/TRAINING.md).
+fine-tune a shipped model end to end (docs/TRAINING.md); `--grow-depth N` deepens the `--init-dit` DiT
+first, its new blocks starting as the identity (`grow_depth`).
 """
 from __future__ import annotations
 
