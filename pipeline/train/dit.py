@@ -207,7 +207,8 @@ def grow_depth(dit: A2VDiT, depth: int) -> A2VDiT:
     for j in sorted(set(range(depth)) - set(where.tolist())):
         block = deeper.blocks[j]
         for m in (block.attn.out, block.audio_attn.out, block.mlp[2]):
-            torch.nn.init.zeros_(m.weight), torch.nn.init.zeros_(m.bias)
+            torch.nn.init.zeros_(m.weight)
+            torch.nn.init.zeros_(m.bias)
         state |= {f"blocks.{j}.{k}": v for k, v in block.state_dict().items()}
     deeper.load_state_dict(state)
     return deeper
