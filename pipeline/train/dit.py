@@ -200,7 +200,7 @@ def grow_depth(dit: A2VDiT, depth: int) -> A2VDiT:
         raise ValueError(f"grow_depth: depth {depth} is smaller than the DiT's {old}")
     kwargs = {k: v for k, v in dit.config.items() if not k.startswith("_")}
     deeper = A2VDiT(**(kwargs | {"depth": depth})).to(next(dit.parameters()).dtype)
-    where = np.round(np.linspace(0, depth - 1, old)).astype(int) if old > 1 else np.array([0])
+    where = np.round(np.linspace(0, depth - 1, old)).astype(int)  # the old blocks' new places
     state = {k: v for k, v in dit.state_dict().items() if not k.startswith("blocks.")}
     for i, j in enumerate(where):
         state |= {f"blocks.{j}.{k}": v for k, v in dit.blocks[i].state_dict().items()}
