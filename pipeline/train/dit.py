@@ -29,7 +29,6 @@ import dataclasses
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from ..config import TEMPORAL_COMPRESSION, get_preset
@@ -39,6 +38,7 @@ from ..speech import build_speech_encoder, load_speech_encoder
 from ..vae import first_video_frame, video_frames
 from .cache import speech_windows
 from .common import Stage, base_parser, list_clips, make_accelerator, train
+from .sync_probe import LatentSyncProbe, openness_targets, sync_loss
 
 
 class LatentWindows:
@@ -48,9 +48,12 @@ class LatentWindows:
     trained with the DiT; the batch then carries (windows, first latent index) instead of codes.
     """
 
-    def __init__(self, clips, speech=None, mouth_weight: float = 1.0):
+    def __init__(self, clips, speech=None, mouth_weight: float = 1.0, openness: bool = False):
         self.items = [load_file(str(d / "latents.safetensors")) for d in clips]
         self.mouth_weight = mouth_weight
+        if openness:  # the lip-sync expert's targets (sync_probe)
+            for d, it in zip(clips, self.items):
+                it["openness"] = openness_targets(np.load(d / "gt.npz")["openness"], it["latents"].shape[1])
         if mouth_weight != 1.0:
             for d, it in zip(clips, self.items):
                 it["mouth"] = mouth_mask(np.load(d / "gt.npz")["mouth_box"], it["latents"].shape, frame_size(d))
@@ -59,21 +62,23 @@ class LatentWindows:
                 it["windows"] = speech_windows(d, video_frames(it["latents"].shape[1]), speech).half()
 
     def batch(self, size: int, f: int, rng):
-        zs, refs, codes, windows, starts, masks = [], [], [], [], [], []
+        zs, refs, codes, windows, starts, masks, opens = [], [], [], [], [], [], []
         for _ in range(size):
             it = self.items[rng.integers(len(self.items))]
             s = rng.integers(it["latents"].shape[1] - f + 1)
             zs.append(it["latents"][:, s : s + f])
             if "mouth" in it:
                 masks.append(it["mouth"][s : s + f])
+            if "openness" in it:
+                opens.append(it["openness"][s : s + f])
             refs.append(it["refs"][rng.integers(len(it["refs"]))][:, None])
             codes.append(it["codes"][s : s + f])
             if "windows" in it:
                 windows.append(it["windows"].float())
                 starts.append(int(s))
         audio = (torch.stack(windows), torch.tensor(starts)) if windows else torch.stack(codes)
-        # (B,C,f,h,w) (B,C,1,h,w) (B,f,M,Dc) or windows, (B,1,f,h,w) or None
-        return torch.stack(zs), torch.stack(refs), audio, self.loss_weight(masks)
+        # (B,C,f,h,w) (B,C,1,h,w) (B,f,M,Dc) or windows, (B,1,f,h,w) or None, (B,f,8) or None
+        return torch.stack(zs), torch.stack(refs), audio, self.loss_weight(masks), torch.stack(opens) if opens else None
 
     def loss_weight(self, masks: list[torch.Tensor]) -> torch.Tensor | None:
         """(B, 1, f, h, w) weights 1 outside, `mouth_weight` on the mouth's latent positions; None when off."""
@@ -126,18 +131,25 @@ class SpeechDiT(torch.nn.Module):
         return self.dit(x, t, codes, drop_audio=drop_audio, drop_ref=drop_ref)
 
 
-def ans_loss(model, z, ref, codes, t, noise, drop_audio, drop_ref, weight=None):
+def ans_loss(model, z, ref, codes, t, noise, drop_audio, drop_ref, weight=None, openness=None, sync=None):
     """Velocity MSE under the asynchronous schedule t (B, 1+f); the reference is never noised.
 
     `weight` (B, 1, f, h, w), optional: a weighted mean over the clip frames' positions (the mouth weight).
+    `sync` (frozen `LatentSyncProbe`, weight w), with `openness` (B, f, 8): + w x the expert's error on the
+    clean-latent estimate x0 = x_t - t v of the samples that hear their audio, each frame weighted by 1 - t
+    (at high noise the estimate is a blur the expert never saw).
     """
     x0 = torch.cat([ref, z], dim=2)  # (B, C, 1+f, h, w)
     xt = add_noise(x0, noise, t)
     v = model(xt, t, codes, drop_audio=drop_audio, drop_ref=drop_ref)
-    if weight is None:
-        return F.mse_loss(v[:, :, 1:].float(), velocity_target(x0, noise)[:, :, 1:])
     err = (v[:, :, 1:].float() - velocity_target(x0, noise)[:, :, 1:]) ** 2
-    return (err * weight).sum() / (weight.sum() * err.shape[1])
+    loss = err.mean() if weight is None else (err * weight).sum() / (weight.sum() * err.shape[1])
+    if sync is None or openness is None:
+        return loss
+    probe, w = sync
+    x0_hat = xt[:, :, 1:].float() - t[:, None, 1:, None, None] * v[:, :, 1:].float()
+    frame_weight = (1 - t[:, 1:]) * (~drop_audio)[:, None]  # (B, f)
+    return loss + w * sync_loss(probe, x0_hat, openness, frame_weight)
 
 
 def parse_args(argv=None):
@@ -162,6 +174,9 @@ def parse_args(argv=None):
     p.add_argument("--mouth-weight", type=float, default=1.0,
                    help="loss weight of the latent positions that show the mouth (generator's mouth_box), others 1; "
                         "lip/face masks weighting the diffusion loss as in Hallo (Xu et al. 2024); 1: plain MSE")
+    p.add_argument("--sync-probe", help="a trained `sync_probe` (latent lip-sync expert): adds its openness error "
+                                        "on the DiT's clean-latent estimate to the loss (Wav2Lip's expert loss)")
+    p.add_argument("--sync-weight", type=float, default=0.1, help="weight of the --sync-probe loss")
     p.add_argument("--export-weights", choices=["ema", "raw"], default="ema",
                    help="which weights the run exports (raw: the optimiser's, for short runs where the EMA lags)")
     args = p.parse_args(argv)
@@ -217,13 +232,13 @@ def grow_depth(dit: A2VDiT, depth: int) -> A2VDiT:
 def ans_batch(data, args, f, sc):
     """Draws (latents, reference, speech, times, noise, audio drop, reference drop) for one step."""
     def batch(rand):
-        z, ref, codes, weight = data.batch(args.batch_size, f, rand.np)
+        z, ref, codes, weight, openness = data.batch(args.batch_size, f, rand.np)
         B, g = z.shape[0], rand.torch
         t = sample_async_timesteps(B, f, sc.train_mu, sc.train_sigma, generator=g, synchronous=args.no_ans)
         noise = torch.randn((B,) + z.shape[1:2] + (f + 1,) + z.shape[3:], generator=g)
         drop_a = torch.rand(B, generator=g) < args.p_drop_audio
         drop_r = torch.rand(B, generator=g) < args.p_drop_ref
-        return z, ref, codes, t, noise, drop_a, drop_r, weight
+        return z, ref, codes, t, noise, drop_a, drop_r, weight, openness
     return batch
 
 
@@ -237,10 +252,12 @@ def main(argv=None):
     ema = copy.deepcopy(dit).requires_grad_(False)
     opt = torch.optim.AdamW(dit.parameters(), lr=args.lr, weight_decay=0.0)
     speech_cfg = cfg.speech if args.speech_encoder != "pretrained" else None  # whisper windows for a trained encoder
-    data = LatentWindows(list_clips(args.data), speech_cfg, args.mouth_weight)
+    data = LatentWindows(list_clips(args.data), speech_cfg, args.mouth_weight, openness=bool(args.sync_probe))
+    sync = (LatentSyncProbe.from_pretrained(args.sync_probe).eval().requires_grad_(False), args.sync_weight) \
+        if args.sync_probe else None
     val = validation_batch(data, f, sc, args.no_ans)
     heldout = validation_batch(LatentWindows(list_clips(args.heldout), speech_cfg), f, sc, args.no_ans) if args.heldout else None
-    stage = Stage("A2V-DiT (ANS)", dit, opt, ans_batch(data, args, f, sc), lambda m, b: (ans_loss(m, *b), {}),
+    stage = Stage("A2V-DiT (ANS)", dit, opt, ans_batch(data, args, f, sc), lambda m, b: (ans_loss(m, *b, sync=sync), {}),
                   ["loss", "lr", "val_loss", "val_loss_noaudio"] + (["heldout_loss"] if heldout else []),
                   validate=lambda: validate(ema, val, heldout), finish=lambda: finish(cfg, args, ema, dit),
                   ema=ema, ema_decay=args.ema, warmup=args.warmup)
@@ -260,7 +277,7 @@ def finish(cfg, args, ema, dit):
 
 def validation_batch(data, f, sc, synchronous=False):
     """A fixed batch with fixed times and noise, so val_loss curves are comparable across steps."""
-    z, ref, codes, _ = data.batch(16, f, np.random.default_rng(123))  # unweighted: comparable across runs
+    z, ref, codes, _, _ = data.batch(16, f, np.random.default_rng(123))  # unweighted: comparable across runs
     g = torch.Generator().manual_seed(123)
     t = sample_async_timesteps(16, f, sc.train_mu, sc.train_sigma, generator=g, synchronous=synchronous)
     noise = torch.randn((16,) + z.shape[1:2] + (f + 1,) + z.shape[3:], generator=g)
