@@ -43,7 +43,7 @@ from safetensors.torch import load_file
 from ..config import PipelineConfig
 from ..sampler import cfg_branches
 from ..scheduler import add_noise, euler_step, inference_timesteps, logit_normal, velocity_target
-from ..streaming import ChunkLayout, ChunkStreamer, block_mask, masked_forward
+from ..streaming import ChunkLayout, ChunkStreamer, masked_forward
 from ..student import StudentSettings, save_student
 from .cache import DISTILL_FILE, cache_distill
 from .common import Stage, base_parser, list_clips, make_accelerator, train

@@ -20,7 +20,8 @@ Ablations (READ Table 2 and Fig. 2), same script and budget:
 `--speech-encoder finetune` starts from the pretrained SpeechAE (`--speech-ae`) and trains it with the
 DiT (the encoder's decoder is unused); `--init-dit` starts the DiT from a trained one. Together they
 fine-tune a shipped model end to end (docs/TRAINING.md); `--grow-depth N` deepens the `--init-dit` DiT
-first, its new blocks starting as the identity (`grow_depth`).
+first, its new blocks starting as the identity (`grow_depth`). `--sync-probe P` adds a frozen latent
+lip-sync expert's error on the clean-latent estimate to the loss (`sync_probe`, docs/TRAINING.md §15).
 """
 from __future__ import annotations
 
@@ -176,7 +177,8 @@ def parse_args(argv=None):
                         "lip/face masks weighting the diffusion loss as in Hallo (Xu et al. 2024); 1: plain MSE")
     p.add_argument("--sync-probe", help="a trained `sync_probe` (latent lip-sync expert): adds its openness error "
                                         "on the DiT's clean-latent estimate to the loss (Wav2Lip's expert loss)")
-    p.add_argument("--sync-weight", type=float, default=0.1, help="weight of the --sync-probe loss")
+    p.add_argument("--sync-weight", type=float, default=4.0,
+                   help="weight of the --sync-probe loss (4: lip-sync +0.015, FM loss +3%%; 12 costs more, gains no more)")
     p.add_argument("--export-weights", choices=["ema", "raw"], default="ema",
                    help="which weights the run exports (raw: the optimiser's, for short runs where the EMA lags)")
     args = p.parse_args(argv)

@@ -2,11 +2,11 @@
 
     python -m pipeline.train.sync_probe --data data/train --out runs/sync_probe
     python -m pipeline.train.sync_probe --data data/train --linear --heldout-clips 40   # measure only
-    python -m pipeline.train.dit ... --sync-probe runs/sync_probe --sync-weight 0.1
+    python -m pipeline.train.dit ... --sync-probe runs/sync_probe --sync-weight 4
 
 Why. A constructed (principal-component) VAE holds the mouth's opening only *nonlinearly*: a ridge
-probe reads it from unseen identities' latents at R2 0.03, the trained tiny VAE's (trained with a mouth
-probe) at 0.90; this network reads it at ~0.7 (docs/TRAINING.md §15). The flow-matching MSE treats the
+probe reads it from unseen identities' latents at R2 0.18, the trained tiny VAE's (trained with a mouth
+probe) at 0.90; this network reads it at 0.72 (docs/TRAINING.md §15). The flow-matching MSE treats the
 few directions that carry the opening like the many that carry a beard's texture; an expert that
 knows where the opening lives turns the audio's target into a direct loss on the DiT's clean-latent
 estimate — Wav2Lip's pretrained lip-sync expert (Prajwal et al. 2020), here on latents, frozen, and
