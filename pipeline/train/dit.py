@@ -34,7 +34,7 @@ from safetensors.torch import load_file
 
 from ..config import TEMPORAL_COMPRESSION, get_preset
 from ..dit import A2VDiT, build_dit
-from ..scheduler import add_noise, sample_async_timesteps, velocity_target
+from ..scheduler import add_noise, euler_step, sample_async_timesteps, velocity_target
 from ..speech import build_speech_encoder, load_speech_encoder
 from ..vae import first_video_frame, video_frames
 from .cache import speech_windows
@@ -52,12 +52,13 @@ class LatentWindows:
     def __init__(self, clips, speech=None, mouth_weight: float = 1.0, openness: bool = False):
         self.items = [load_file(str(d / "latents.safetensors")) for d in clips]
         self.mouth_weight = mouth_weight
-        if openness:  # the lip-sync expert's targets (sync_probe)
+        if openness or mouth_weight != 1.0:
             for d, it in zip(clips, self.items):
-                it["openness"] = openness_targets(np.load(d / "gt.npz")["openness"], it["latents"].shape[1])
-        if mouth_weight != 1.0:
-            for d, it in zip(clips, self.items):
-                it["mouth"] = mouth_mask(np.load(d / "gt.npz")["mouth_box"], it["latents"].shape, frame_size(d))
+                gt = np.load(d / "gt.npz")
+                if openness:  # the lip-sync expert's targets (sync_probe)
+                    it["openness"] = openness_targets(gt["openness"], it["latents"].shape[1])
+                if mouth_weight != 1.0:
+                    it["mouth"] = mouth_mask(gt["mouth_box"], it["latents"].shape, frame_size(d))
         if speech is not None:
             for d, it in zip(clips, self.items):
                 it["windows"] = speech_windows(d, video_frames(it["latents"].shape[1]), speech).half()
@@ -148,7 +149,7 @@ def ans_loss(model, z, ref, codes, t, noise, drop_audio, drop_ref, weight=None, 
     if sync is None or openness is None:
         return loss
     probe, w = sync
-    x0_hat = xt[:, :, 1:].float() - t[:, None, 1:, None, None] * v[:, :, 1:].float()
+    x0_hat = euler_step(xt[:, :, 1:].float(), v[:, :, 1:].float(), t[:, 1:], torch.zeros_like(t[:, 1:]))  # to t = 0
     frame_weight = (1 - t[:, 1:]) * (~drop_audio)[:, None]  # (B, f)
     return loss + w * sync_loss(probe, x0_hat, openness, frame_weight)
 

@@ -6,7 +6,7 @@
 
 Why. A constructed (principal-component) VAE holds the mouth's opening only *nonlinearly*: a ridge
 probe reads it from unseen identities' latents at R2 0.18, the trained tiny VAE's (trained with a mouth
-probe) at 0.90; this network reads it at 0.72 (docs/TRAINING.md §15). The flow-matching MSE treats the
+probe) at 0.91; this network reads it at 0.72 (docs/TRAINING.md §15). The flow-matching MSE treats the
 few directions that carry the opening like the many that carry a beard's texture; an expert that
 knows where the opening lives turns the audio's target into a direct loss on the DiT's clean-latent
 estimate — Wav2Lip's pretrained lip-sync expert (Prajwal et al. 2020), here on latents, frozen, and
@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 from ..config import TEMPORAL_COMPRESSION
 from ..vae import first_video_frame
 from .common import list_clips
+from .pca_init import ridge
 
 
 class LatentSyncProbe(ModelMixin, ConfigMixin):
@@ -100,19 +101,17 @@ def scores(pred: torch.Tensor, target: torch.Tensor) -> dict:
 
 
 def linear_readability(data, heldout_clips: int, lam: float = 1000.0) -> dict:
-    """How *linearly* the latents of `data` hold the openness: ridge regression (standardised features, the
-    whole latent frame) fitted on all but the last `heldout_clips` clips, scored on those (`scores`).
+    """How *linearly* the latents of `data` hold the openness: ridge regression on the whole latent frame
+    (`pca_init.ridge`: standardised features, penalty `lam` on their weights, unpenalised bias) fitted on
+    all but the last `heldout_clips` clips, scored on those (`scores`).
     Raises ValueError unless 0 < heldout_clips < the number of clips."""
     z, y, clip = load_pairs(data)
     if not 0 < heldout_clips <= int(clip.max()):
         raise ValueError(f"heldout_clips must be in 1..{int(clip.max())}, got {heldout_clips}")
     train = clip < clip.max() + 1 - heldout_clips
-    x = z.flatten(1).double()
-    mean, std = x[train].mean(0), x[train].std(0).clamp_min(1e-6)
-    a, y_mean = (x - mean) / std, y[train].double().mean(0)
-    gram = a[train].T @ a[train] + lam * torch.eye(a.shape[1], dtype=torch.float64)
-    w = torch.linalg.solve(gram, a[train].T @ (y[train].double() - y_mean))
-    return scores(a[~train] @ w + y_mean, y[~train])
+    x = z.flatten(1)
+    weight, bias = ridge(x[train], y[train], lam=lam / int(train.sum()))  # ridge scales lam by the rows
+    return scores(x[~train] @ weight.T + bias, y[~train])
 
 
 def sync_loss(probe, x0_hat: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
