@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import face, image as image_io, media, media_stream, rest, sampler, scheduler, speech
-from . import student as student_lib
+from . import refiner as refiner_lib, student as student_lib
 from .ahead import run_ahead, spare_core
 from . import vae as vae_lib
 from .photo import stream as photo_stream
@@ -102,6 +102,7 @@ class TalkingHeadPipeline:
         self.speech = speech.SpeechEncoder(speech_ae, config.speech, whisper)
         self._memo = Memo()  # reference latents of recent portraits
         self.student = None  # REST's distilled DiT and its StudentSettings (pipeline/student.py), if any
+        self.refiner = None  # a refiner.FrameRefiner after the VAE decoder, if the pipeline has one
         for m in (vae, speech_ae, dit):
             m.eval().requires_grad_(False)
 
@@ -123,7 +124,8 @@ class TalkingHeadPipeline:
 
     @classmethod
     def from_pretrained(cls, path, whisper: str | None = None, device=None, dtype=None) -> "TalkingHeadPipeline":
-        """Load `save_pretrained` output: pipeline.json + vae/ + speech_ae/ + dit/ (+ student/: REST's DiT).
+        """Load `save_pretrained` output: pipeline.json + vae/ + speech_ae/ + dit/ (+ student/: REST's DiT;
+        + refiner/: the `refiner.FrameRefiner` after the VAE decoder).
 
         The frozen Whisper encoder is loaded too (from `whisper`, else the config's source), so the
         first request pays no loading time. Raises `InputError` when `path` holds no saved pipeline.
@@ -146,6 +148,7 @@ class TalkingHeadPipeline:
             config,
         )
         pipe.student = student_lib.load_student(path)
+        pipe.refiner = refiner_lib.load_refiner(path)
         vae_lib.skip_zero_residuals(pipe.vae)  # a constructed VAE's zero branches: exact, faster
         pipe = pipe.to(device, dtype) if (device or dtype) else pipe
         pipe.speech.whisper  # noqa: B018 - load now, not in the first request
@@ -161,12 +164,16 @@ class TalkingHeadPipeline:
                 continue  # real LTX weights stay where the user keeps them
             m = copy.deepcopy(model).to(torch.float16) if fp16 else model
             m.save_pretrained(path / name, safe_serialization=True)
+        if self.refiner is not None:
+            m = copy.deepcopy(self.refiner).to(torch.float16) if fp16 else self.refiner
+            m.save_pretrained(path / refiner_lib.REFINER_DIR, safe_serialization=True)
         if self.student is not None:
             student_lib.save_student(self.student[0], path / student_lib.STUDENT_DIR, self.student[1], fp16=fp16)
         self.config.save(path / "pipeline.json")
 
     def to(self, device=None, dtype=None) -> "TalkingHeadPipeline":
-        for m in (self.vae, self.dit) + ((self.student[0],) if self.student is not None else ()):
+        extra = ((self.student[0],) if self.student is not None else ()) + ((self.refiner,) if self.refiner is not None else ())
+        for m in (self.vae, self.dit) + extra:
             m.to(device=device, dtype=dtype)
         self.speech.to(device, dtype)
         return self
@@ -302,7 +309,8 @@ class TalkingHeadPipeline:
         dit, settings, rest_settings = student_lib.for_rest(self.student, self.dit, settings, rest_settings)
         session = rest.RestSession(dit, self.speech_ae, self.vae, self.speech.whisper,
                                    self.speech.feature_extractor, self.config.speech, self.encode_reference(x_ref),
-                                   settings, rest_settings or rest.RestSettings(), _generator(generator, seed))
+                                   settings, rest_settings or rest.RestSettings(), _generator(generator, seed),
+                                   refiner=self.refiner)
         return rest.LiveStream(session, VideoChunk, list(warnings) + image_warnings)
 
     def _rest_chunks(self, image, speech_in, settings, generator, seed, timings, notes=()):
@@ -350,7 +358,7 @@ class TalkingHeadPipeline:
         clips = sampler.sample_clips(sampler.guided_velocity(self.dit, settings), noise, z_ref, codes,
                                      scheduler.inference_timesteps(steps, settings.shift), f, callback=on_step,
                                      motion_guidance=settings.motion_guidance)
-        decoder, emitted, index = vae_lib.StreamingDecoder(self.vae), 0, 0
+        decoder, emitted, index = vae_lib.StreamingDecoder(self.vae, refiner=self.refiner), 0, 0
         clips = _timed(clips, timings, "dit")
         if spare_core():  # the DiT samples clip j + 1 on a worker while this thread decodes clip j
             clips = run_ahead(clips)

@@ -92,11 +92,12 @@ class RestSession:
     overlap_decode: decode on a worker thread while the DiT samples the next chunk (None: when
         `ahead.spare_core()`). Frames are bit-identical either way; with the overlap a chunk's frames
         come out of the `push_audio` call after the one that sampled it (or of `close`).
+    refiner: the pipeline's `refiner.FrameRefiner` after the decoder (None: the decoder's frames).
     """
 
     def __init__(self, dit, speech_ae, vae, whisper_encoder, feature_extractor, speech_cfg, z_ref, sampling,
                  settings: RestSettings = RestSettings(), generator: torch.Generator | None = None,
-                 overlap_decode: bool | None = None):
+                 overlap_decode: bool | None = None, refiner=None):
         s = settings
         layout = ChunkLayout(s.chunk_frames, s.context_frames)
         self.speech = SpeechStream(whisper_encoder, feature_extractor, speech_ae, speech_cfg, group=s.chunk_frames,
@@ -104,7 +105,8 @@ class RestSession:
         self.streamer = ChunkStreamer(dit, z_ref, inference_timesteps(sampling.num_inference_steps, sampling.shift),
                                       layout=layout, cfg_mode=sampling.cfg_mode, alpha=sampling.alpha,
                                       beta=sampling.beta, generator=generator)
-        self.decoder = vae_lib.StreamingDecoder(vae, holdback=s.holdback, first_holdback=min(8, s.holdback))
+        self.decoder = vae_lib.StreamingDecoder(vae, holdback=s.holdback, first_holdback=min(8, s.holdback),
+                                                refiner=refiner)
         self.frames_out = 0
         self.audio = AudioSpans()
         self.level, self.mix = StreamPeak(), StreamDownmix()  # READ's peak rule and downmix, causally

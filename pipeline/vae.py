@@ -96,10 +96,13 @@ def encode_image(vae, image: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def decode(vae, z: torch.Tensor) -> torch.Tensor:
-    """Normalised latents (B, C, n, h, w) -> pixels (B, 3, 1+8(n-1), H, W) in [-1, 1]."""
-    x = vae.decode(denormalize(vae, z).to(vae.dtype), return_dict=False)[0]
-    return x.float().clamp(-1, 1)
+def decode(vae, z: torch.Tensor, refiner=None) -> torch.Tensor:
+    """Normalised latents (B, C, n, h, w) -> pixels (B, 3, 1+8(n-1), H, W) in [-1, 1]; every frame then
+    through `refiner` (a `refiner.FrameRefiner`) when one is given."""
+    x = vae.decode(denormalize(vae, z).to(vae.dtype), return_dict=False)[0].float().clamp(-1, 1)
+    if refiner is None:
+        return x
+    return refiner.refine_video(x.to(refiner.dtype)).float()
 
 
 def to_pixels(rgb) -> torch.Tensor:
@@ -121,7 +124,8 @@ class StreamingDecoder:
     video frames until more latents arrive (its right receptive field: the decoder is not causal).
     The first push holds back only `first_holdback`, so that a first clip of 5 latent frames still
     makes a 1-s chunk (33 - 8 = 25 frames); 15 is the most that keeps the second one at 1 s too
-    (65 - 15 - 25). Context frames are decoded but dropped.
+    (65 - 15 - 25). Context frames are decoded but dropped. A `refiner` (`refiner.FrameRefiner`) refines
+    the emitted frames, each on its own, so a streamed video equals `decode(vae, z, refiner)` of the whole.
 
     On CPU a non-final decode of fewer than `min_latents` latent frames is padded by repeating its
     last latent frame (the held-back frames see it instead of the next clip's): PyTorch runs small
@@ -130,9 +134,10 @@ class StreamingDecoder:
     docs/TRAINING.md.
     """
 
-    def __init__(self, vae, context: int = 2, holdback: int = 15, first_holdback: int = 8, min_latents: int = 6):
+    def __init__(self, vae, context: int = 2, holdback: int = 15, first_holdback: int = 8, min_latents: int = 6,
+                 refiner=None):
         assert context >= 1, "the first decoded latent yields one frame only: keep one of context"
-        self.vae, self.context, self.min_latents = vae, context, min_latents
+        self.vae, self.context, self.min_latents, self.refiner = vae, context, min_latents, refiner
         self.holdback, self.first_holdback = holdback, first_holdback
         self.latents: torch.Tensor | None = None
         self.emitted = 0  # video frames emitted so far
@@ -156,6 +161,9 @@ class StreamingDecoder:
         offset = T * start  # video frame g is frame g - offset of a decode that starts at latent `start`
         out = frames[:, :, self.emitted - offset : end - offset]
         self.emitted = end
+        if self.refiner is not None:  # per frame: only the emitted ones, seams unaffected
+            with torch.no_grad():
+                out = self.refiner.refine_video(out.to(self.refiner.dtype)).float()
         return out
 
     def trim(self) -> None:

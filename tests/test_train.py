@@ -180,7 +180,7 @@ def _fake_video_clips(root, n=3, frames=41, size=32, seed=0):
 
 
 @pytest.mark.parametrize("trainer", [pytest.param("vae", marks=pytest.mark.slow), "speech_ae",
-                                     pytest.param("dit", marks=pytest.mark.slow)])
+                                     pytest.param("dit", marks=pytest.mark.slow), "refiner"])
 def test_each_trainer_runs_with_its_own_defaults(tmp_path, trainer):
     """Only --data, --out and --steps given: every trainer runs, checkpoints and exports its model."""
     import importlib
@@ -188,7 +188,7 @@ def test_each_trainer_runs_with_its_own_defaults(tmp_path, trainer):
     from pipeline.config import get_preset
 
     data = tmp_path / "data"
-    if trainer == "vae":
+    if trainer in ("vae", "refiner"):
         _fake_video_clips(data)
     elif trainer == "speech_ae":
         _fake_clips(data, frames=41)
@@ -199,7 +199,7 @@ def test_each_trainer_runs_with_its_own_defaults(tmp_path, trainer):
     importlib.import_module(f"pipeline.train.{trainer}").main(["--data", str(data), "--out", str(out), "--steps", "3"])
     assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 3
     assert len((out / "log.csv").read_text().splitlines()) == 1 + 3
-    assert (out / {"vae": "vae", "speech_ae": "speech_ae", "dit": "dit"}[trainer] / "config.json").exists()
+    assert (out / {"vae": "vae", "speech_ae": "speech_ae", "dit": "dit", "refiner": "refiner"}[trainer] / "config.json").exists()
 
 
 def test_vae_trainer_mixes_images_and_video_and_resumes_with_its_ema(tmp_path):

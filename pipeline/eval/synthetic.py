@@ -16,7 +16,9 @@ decoded (no DiT, no audio) and the reader's openness on the reconstruction is co
 truth (the lip-sync ceiling); beside it the fidelity figures: `vae_psnr_reference` (the clip's first
 frame encoded alone, as the reference is), `vae_psnr`, `vae_psnr_eyes`, `vae_psnr_mouth` (17-frame
 windows, whole frame and the generator's eyes and mouth boxes). `--vae PATH` measures a candidate
-VAE: a training checkpoint (`OUT/checkpoint`, its EMA weights) or a `save_pretrained` folder.
+VAE: a training checkpoint (`OUT/checkpoint`, its EMA weights) or a `save_pretrained` folder. Both
+modes decode as the pipeline does: through its frame refiner when it has one (`refiner/`); `--refiner
+PATH` measures another, `--refiner none` the decoder alone.
 
 Every clip's `reader_gt_correlation` checks the mouth reader on the ground-truth frames; clips below
 0.95 are flagged and listed in `reader_failed_clips`, and `reader_gt_correlation_min` is the worst.
@@ -119,14 +121,15 @@ def box_mse(err: np.ndarray, boxes: np.ndarray | None = None) -> float:
     return float(err[:, y0:y1, x0:x1].mean())
 
 
-def vae_fidelity(vae, clip, window: int = WINDOW) -> dict:
+def vae_fidelity(vae, clip, window: int = WINDOW, refiner=None) -> dict:
     """Reconstruction PSNR: the first frame encoded alone (how the reference is encoded) and every whole
-    `window`-frame window encoded and decoded on its own, on the whole frame and the eyes and mouth boxes."""
+    `window`-frame window encoded and decoded on its own, on the whole frame and the eyes and mouth boxes.
+    refiner: the pipeline's `refiner.FrameRefiner` after the decoder, as generation decodes (None: none)."""
     from .. import vae as vae_lib
 
     def roundtrip(frames):  # (N, T, H, W, 3) uint8 -> the same, through the VAE
         x = torch.stack([vae_lib.to_pixels(f) for f in frames]).to(vae.device, vae.dtype)
-        rec = vae_lib.decode(vae, vae_lib.encode(vae, x))
+        rec = vae_lib.decode(vae, vae_lib.encode(vae, x), refiner)
         return np.stack([vae_lib.to_uint8(rec[i : i + 1]) for i in range(len(rec))])
 
     ref = clip.frames[:1].astype(np.float32)
@@ -144,14 +147,14 @@ def vae_fidelity(vae, clip, window: int = WINDOW) -> dict:
     return out | {k: float(psnr(np.mean(v))) for k, v in sums.items()}
 
 
-def vae_reconstruction(vae, reader, clip, size) -> dict:
+def vae_reconstruction(vae, reader, clip, size, refiner=None) -> dict:
     """Encode + decode the ground-truth clip: how much lip motion the VAE itself keeps (the reader's
     correlation on the reconstruction), beside `vae_fidelity`'s PSNR figures."""
     from .. import vae as vae_lib
 
     n = vae_lib.video_frames(vae_lib.latent_frames(len(clip.frames)))  # whole latent frames only
     x = vae_lib.to_pixels(clip.frames[:n])[None]  # (1, 3, n, H, W)
-    frames = vae_lib.to_uint8(vae_lib.decode(vae, vae_lib.encode(vae, x.to(vae.device, vae.dtype))))
+    frames = vae_lib.to_uint8(vae_lib.decode(vae, vae_lib.encode(vae, x.to(vae.device, vae.dtype)), refiner))
     box = clip_box(clip.gt["mouth_box"], size)
     true = clip.gt["openness"][:n]
     lags = lagged_correlation(read_openness(reader, frames, box), true)
@@ -160,7 +163,7 @@ def vae_reconstruction(vae, reader, clip, size) -> dict:
     return {"lipsync_correlation": lags[0], "best_lag": max(lags, key=lags.get),
             "reader_gt_correlation": reader_check(reader, clip.frames, clip.gt["mouth_box"], clip.gt["openness"]),
             "psnr": float(psnr(err.mean())), "mouth_psnr": float(psnr(err[:, y0:y1, x0:x1].mean())), "frames": n,
-            **vae_fidelity(vae, clip)}
+            **vae_fidelity(vae, clip, refiner=refiner)}
 
 
 def resolved_settings(pipe, overrides: dict) -> dict:
@@ -179,10 +182,7 @@ def long_video_identity(pipe, clip_fn, seconds: float, size: int, **kwargs) -> d
     return {"seconds": seconds, "identity_psnr_first_s": float(ps[:25].mean()), "identity_psnr_last_s": float(ps[-25:].mean())}
 
 
-def main(argv=None):
-    from ..data.synthetic import clip_seed, render_clip
-    from ..pipeline import TalkingHeadPipeline
-
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default="assets/model")
     p.add_argument("--clips", type=int, default=20)
@@ -194,20 +194,40 @@ def main(argv=None):
     p.add_argument("--mode", choices=["read", "rest"], default="read", help="READ clips or REST streaming")
     p.add_argument("--vae-only", action="store_true", help="the VAE's own ceiling: encode + decode the ground truth")
     p.add_argument("--vae", help="with --vae-only: VAE weights (training checkpoint or save_pretrained folder) instead of the checkpoint's")
+    p.add_argument("--refiner", help="a frame refiner folder (save_pretrained) instead of the checkpoint's own; "
+                   "'none': the decoder alone")
     p.add_argument("--json", help="also write the summary here")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def load_components(args):
+    """The checkpoint's pipeline, with `--refiner`'s refiner if given, and the VAE to measure (`--vae`'s)."""
+    from ..pipeline import TalkingHeadPipeline
+
     pipe = TalkingHeadPipeline.from_pretrained(args.checkpoint)
     vae = pipe.vae
     if args.vae:  # a candidate VAE: a training checkpoint or a save_pretrained folder, any LTX config
         from ..train.common import load_vae
 
         vae = load_vae(args.vae, like=pipe.vae).to(pipe.device)
+    if args.refiner:
+        from ..refiner import FrameRefiner
+
+        pipe.refiner = None if args.refiner == "none" else FrameRefiner.from_pretrained(args.refiner).eval()
+    return pipe, vae
+
+
+def main(argv=None):
+    from ..data.synthetic import clip_seed, render_clip
+
+    args = parse_args(argv)
+    pipe, vae = load_components(args)
     size, reader = pipe.config.height, load_reader()
     kw = dict(num_inference_steps=args.steps, cfg_mode=args.cfg, alpha=args.alpha, beta=args.beta, mode=args.mode)
     t0, rows = time.perf_counter(), []
     for i in range(args.clips):
         clip = render_clip(clip_seed(args.seed, i), args.seconds, size)
-        rows.append(vae_reconstruction(vae, reader, clip, size) if args.vae_only
+        rows.append(vae_reconstruction(vae, reader, clip, size, pipe.refiner) if args.vae_only
                     else evaluate_clip(pipe, reader, clip, size, **kw))
         flag = "  <- the reader fails on this clip's ground truth" if rows[-1]["reader_gt_correlation"] < READER_BAR else ""
         print(f"clip {i}: {json.dumps({k: round(v, 3) for k, v in rows[-1].items()})}{flag}", flush=True)
