@@ -26,29 +26,31 @@ from .motion import EYES_HW, MOUTH_HW, MotionNet, crop, face_boxes
 TARGETS = ("openness", "width", "roundness", "blink")
 
 
-def _vae_roundtrip(vae, frames: np.ndarray) -> np.ndarray:
-    """(T, H, W, 3) uint8 -> the same frames encoded and decoded (first 1 + 8k frames kept)."""
+def _vae_roundtrip(vae, frames: np.ndarray, refiner=None) -> np.ndarray:
+    """(T, H, W, 3) uint8 -> the same frames encoded and decoded (first 1 + 8k frames kept), through the
+    frame refiner after the decoder when one is given (as the pipeline decodes)."""
     from .. import vae as vae_lib
 
     n = 1 + 8 * ((len(frames) - 1) // 8)
     z = vae_lib.encode(vae, vae_lib.to_pixels(frames[:n])[None])
-    return vae_lib.to_uint8(vae_lib.decode(vae, z))
+    return vae_lib.to_uint8(vae_lib.decode(vae, z, refiner))
 
 
-def _clip_tensors(d: Path, rng, vae=None):
+def _clip_tensors(d: Path, rng, vae=None, refiner=None):
     """One clip -> (mouth crops, eye crops, targets (T, 4)), decoded by the VAE when given."""
     frames, gt = np.load(d / "frames.npz")["frames"], np.load(d / "gt.npz")
     seed = json.loads((d / "meta.json").read_text())["seed"]
     if vae is not None:
-        frames = _vae_roundtrip(vae, frames)
+        frames = _vae_roundtrip(vae, frames, refiner)
     mouth_box, eye_box = face_boxes(seed, frames.shape[1])
     shift = tuple(int(v) for v in rng.integers(-2, 3, size=2))
     y = np.stack([gt[k][: len(frames)] for k in TARGETS], 1)
     return crop(frames, mouth_box, MOUTH_HW, shift), crop(frames, eye_box, EYES_HW, shift), torch.from_numpy(y).float()
 
 
-def _dataset(clips, rng, vae=None, vae_share: float = 0.5):
-    parts = [_clip_tensors(d, rng, vae if vae is not None and rng.random() < vae_share else None) for d in clips]
+def _dataset(clips, rng, vae=None, vae_share: float = 0.5, refiner=None):
+    parts = [_clip_tensors(d, rng, vae if vae is not None and rng.random() < vae_share else None, refiner)
+             for d in clips]
     return [torch.cat(p) for p in zip(*parts)]
 
 
@@ -69,7 +71,8 @@ def _correlations(net: MotionNet, m, e, y) -> dict[str, float]:
     return {k: float(np.corrcoef(pred[:, c], y[:, c])[0, 1]) for c, k in enumerate(TARGETS)}
 
 
-def train(data, out, vae_path=None, steps: int = 3000, seed: int = 0, val_fraction: float = 0.1) -> dict:
+def train(data, out, vae_path=None, steps: int = 3000, seed: int = 0, val_fraction: float = 0.1,
+          refiner_path=None) -> dict:
     """Train ``MotionNet`` on the clips under ``data``; save safetensors to ``out``; return the
     held-out correlations per parameter and the data sizes."""
     from safetensors.torch import save_file
@@ -88,8 +91,13 @@ def train(data, out, vae_path=None, steps: int = 3000, seed: int = 0, val_fracti
         skip_zero_residuals(vae)  # a constructed VAE: the same decodes, 2.7x faster
     clips = list_clips(data)
     n_val = max(1, int(len(clips) * val_fraction))
-    mt, et, yt = _dataset(clips[n_val:], rng, vae)
-    mv, ev, yv = _dataset(clips[:n_val], rng, vae, vae_share=1.0 if vae is not None else 0.0)
+    refiner = None
+    if refiner_path:
+        from ..refiner import FrameRefiner
+
+        refiner = FrameRefiner.from_pretrained(refiner_path).eval()
+    mt, et, yt = _dataset(clips[n_val:], rng, vae, refiner=refiner)
+    mv, ev, yv = _dataset(clips[:n_val], rng, vae, vae_share=1.0 if vae is not None else 0.0, refiner=refiner)
     net, g = MotionNet(), torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
@@ -110,11 +118,12 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Train the photo-mode motion reader on synthetic ground truth")
     p.add_argument("--data", required=True, help="clips written by python -m pipeline.data.synthetic")
     p.add_argument("--vae", default=None, help="shipped VAE folder: train half the clips on decoded frames")
+    p.add_argument("--refiner", default=None, help="with --vae: the pipeline's frame refiner after the decoder")
     p.add_argument("--out", default=str(WEIGHTS))
     p.add_argument("--steps", type=int, default=3000)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    print(json.dumps(train(args.data, args.out, args.vae, args.steps), indent=1))
+    print(json.dumps(train(args.data, args.out, args.vae, args.steps, refiner_path=args.refiner), indent=1))
 
 
 if __name__ == "__main__":
