@@ -139,3 +139,23 @@ def test_vae_only_figures_go_through_the_refiner_as_generation_does():
     assert vae_fidelity(vae, Clip, refiner=FrameRefiner().eval()) == plain
     changed = vae_fidelity(vae, Clip, refiner=_trained_looking(FrameRefiner(hidden_channels=8, num_layers=2)))
     assert all(changed[k] != plain[k] for k in plain)
+
+
+def test_crops_sit_on_the_eyes_for_reconstructions_and_on_the_mouth_for_generated_decodes():
+    from pipeline.train.refiner import crop_batch
+
+    n = 64
+    truth = np.zeros((3, 128, 128, 3), np.uint8)
+    eyes, mouth = np.tile([20, 16, 60, 28], (3, 1)), np.tile([70, 96, 110, 112], (3, 1))  # far apart
+    clip = {"decode": truth, "truth": truth, "eyes_box": eyes, "mouth_box": mouth}
+    truth_mark = truth.copy()
+    truth_mark[:, 96:112, 70:110] = 255  # the mouth box, marked in the truth
+
+    def share_on_mouth(c):
+        _, tru = crop_batch([c | {"truth": truth_mark}], 400, 32, 4, np.random.default_rng(0))
+        return float((tru.amax(dim=(1, 2, 3)) > 0).float().mean())
+
+    recon, generated = share_on_mouth(clip), share_on_mouth(clip | {"generated": True})
+    assert 0.15 < recon < 0.45 and generated > 0.7, (recon, generated)
+    dec, tru = crop_batch([clip], n, 32, 4, np.random.default_rng(1))
+    assert dec.shape == tru.shape == (n, 3, 32, 32)

@@ -11,7 +11,8 @@ one of the sampler's own times (0.75, 0.5 or 0.25) and denoised with the clip's 
 SDEdit does (Meng et al. 2022) — so the refiner also learns to repair the DiT's errors (a mottled mouth)
 while the target stays the truth frame for frame. The refiner learns decode -> truth on 64 x 64 crops
 of single frames, half of them around the eyes box, a quarter around the mouth box (the generator's
-`gt.npz`; uniform crops where a clip has no boxes): the features a linear code blurs.
+`gt.npz`; uniform crops where a clip has no boxes): the features a linear code blurs; three quarters of
+a generated decode's crops are around the mouth, which is what the DiT gets wrong.
 Loss: MSE + 0.1 L1. Validation (`--heldout`): PSNR of whole frames and of the eyes and mouth boxes,
 after the refiner (`val_psnr*`) beside the decoder alone (`val_psnr*_decoder`, logged once per run).
 """
@@ -50,7 +51,8 @@ def sdedit_clips(pipe, clips: list[dict], seed: int = 0) -> list[dict]:
     """`decoded_clips`' clips decoded from what `pipe`'s DiT makes of them: the true latents noised to
     t0, one of the sampler's times (num_inference_steps at the pipeline's defaults, 0 < t0 < 1, drawn per
     clip), then sampled from t0 to 0 by `sampler.sample_clips` with the clip's audio (its audio.wav) and
-    its first latent frame as the reference (SDEdit, Meng et al. 2022). Same keys; "decode" replaced."""
+    its first latent frame as the reference (SDEdit, Meng et al. 2022). Same keys, "decode" replaced, and
+    "generated": True."""
     from .. import sampler, scheduler
 
     settings, rng, out = pipe.settings(), np.random.default_rng(seed), []
@@ -68,21 +70,25 @@ def sdedit_clips(pipe, clips: list[dict], seed: int = 0) -> list[dict]:
         noised = scheduler.add_noise(z_in, noise, torch.full((1, z_in.shape[2]), float(times[k])))
         parts = [lat for _, lat in sampler.sample_clips(velocity, noised, z[:, :, :1], codes, times[k:], f)]
         latents = torch.cat(parts, dim=2)[:, :, :n]
-        out.append(c | {"decode": vae_lib.to_uint8(vae_lib.decode(pipe.vae, latents))})
+        out.append(c | {"decode": vae_lib.to_uint8(vae_lib.decode(pipe.vae, latents)), "generated": True})
     return out
 
 
 def crop_batch(clips: list[dict], size: int, crop: int, patch: int, rng) -> tuple[torch.Tensor, torch.Tensor]:
     """`size` random crops (crop x crop pixels, corners on the patch grid) of random frames -> decode and
-    truth, each (size, 3, crop, crop) in [-1, 1]. Half are centred near the eyes box, a quarter near the
-    mouth box (jittered by up to 12 px), the rest anywhere."""
+    truth, each (size, 3, crop, crop) in [-1, 1]. Of a reconstruction's crops half are centred near the
+    eyes box, a quarter near the mouth box (jittered by up to 12 px), the rest anywhere; of a generated
+    clip's (`sdedit_clips`, there for the DiT's mouth) three quarters near the mouth, the rest the eyes."""
     dec, tru = [], []
     for _ in range(size):
         c = clips[rng.integers(len(clips))]
         f = rng.integers(len(c["truth"]))
         h, w = c["truth"].shape[1:3]
         u = rng.random()
-        box = c["eyes_box"] if u < 0.5 else c["mouth_box"] if u < 0.75 else None
+        if c.get("generated"):
+            box = c["mouth_box"] if u < 0.75 else c["eyes_box"]
+        else:
+            box = c["eyes_box"] if u < 0.5 else c["mouth_box"] if u < 0.75 else None
         if box is None:
             y0, x0 = rng.integers(0, h - crop + 1), rng.integers(0, w - crop + 1)
         else:
