@@ -159,3 +159,12 @@ def test_crops_sit_on_the_eyes_for_reconstructions_and_on_the_mouth_for_generate
     assert 0.15 < recon < 0.45 and generated > 0.7, (recon, generated)
     dec, tru = crop_batch([clip], n, 32, 4, np.random.default_rng(1))
     assert dec.shape == tru.shape == (n, 3, 32, 32)
+
+
+def test_evaluation_refuses_a_refiner_folder_that_holds_none(tmp_path, capsys):
+    from pipeline.eval.synthetic import parse_args
+
+    with pytest.raises(SystemExit) as err:
+        parse_args(["--refiner", str(tmp_path)])
+    assert err.value.code == 2 and "no saved refiner" in capsys.readouterr().err
+    assert parse_args(["--refiner", "none"]).refiner == "none"

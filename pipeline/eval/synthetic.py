@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -197,7 +198,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--refiner", help="a frame refiner folder (save_pretrained) instead of the checkpoint's own; "
                    "'none': the decoder alone")
     p.add_argument("--json", help="also write the summary here")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.refiner not in (None, "none") and not (Path(args.refiner) / "config.json").is_file():
+        p.error(f"--refiner {Path(args.refiner).name}: no saved refiner there (config.json); give its folder or 'none'")
+    return args
 
 
 def load_components(args):
