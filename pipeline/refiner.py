@@ -54,11 +54,12 @@ class FrameRefiner(ModelMixin, ConfigMixin):
         return (frames + F.pixel_shuffle(self.conv_out(h), p)).clamp(-1, 1)
 
     def refine_video(self, video: torch.Tensor, frames_per_batch: int = 64) -> torch.Tensor:
-        """Videos (B, 3, T, H, W) -> the same, every frame refined on its own (in batches of frames)."""
+        """Videos (B, 3, T, H, W) -> the same, every frame refined on its own (in batches of frames), run in
+        the refiner's dtype and returned in the video's."""
         b, c, t, h, w = video.shape
-        flat = video.movedim(2, 1).reshape(b * t, c, h, w)
+        flat = video.movedim(2, 1).reshape(b * t, c, h, w).to(self.dtype)
         out = torch.cat([self(flat[i : i + frames_per_batch]) for i in range(0, len(flat), frames_per_batch)])
-        return out.reshape(b, t, c, h, w).movedim(1, 2)
+        return out.reshape(b, t, c, h, w).movedim(1, 2).to(video.dtype)
 
 
 def load_refiner(folder) -> FrameRefiner | None:

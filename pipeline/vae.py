@@ -102,7 +102,7 @@ def decode(vae, z: torch.Tensor, refiner=None) -> torch.Tensor:
     x = vae.decode(denormalize(vae, z).to(vae.dtype), return_dict=False)[0].float().clamp(-1, 1)
     if refiner is None:
         return x
-    return refiner.refine_video(x.to(refiner.dtype)).float()
+    return refiner.refine_video(x)
 
 
 def to_pixels(rgb) -> torch.Tensor:
@@ -163,7 +163,7 @@ class StreamingDecoder:
         self.emitted = end
         if self.refiner is not None:  # per frame: only the emitted ones, seams unaffected
             with torch.no_grad():
-                out = self.refiner.refine_video(out.to(self.refiner.dtype)).float()
+                out = self.refiner.refine_video(out)
         return out
 
     def trim(self) -> None:

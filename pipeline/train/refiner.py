@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import vae as vae_lib
+from ..eval.synthetic import psnr
 from ..refiner import FrameRefiner
 from .common import Stage, base_parser, list_clips, load_vae, make_accelerator, train
 
@@ -102,11 +103,11 @@ def crop_batch(clips: list[dict], size: int, crop: int, patch: int, rng) -> tupl
 
 
 def box_psnr(se: np.ndarray, boxes: np.ndarray | None) -> float:
-    """PSNR (dB, 8-bit peak) of squared errors (T, H, W, 3), over every frame's own box (T, 4) if given."""
+    """PSNR (`eval.synthetic.psnr`) of squared errors (T, H, W, 3), over every frame's own box (T, 4) if given."""
     if boxes is None:
-        return float(10 * np.log10(255.0**2 / se.mean()))
+        return float(psnr(se.mean()))
     parts = [se[t, y0:y1, x0:x1].reshape(-1) for t, (x0, y0, x1, y1) in enumerate(boxes)]
-    return float(10 * np.log10(255.0**2 / np.concatenate(parts).mean()))
+    return float(psnr(np.concatenate(parts).mean()))
 
 
 @torch.no_grad()
@@ -116,8 +117,7 @@ def heldout_psnr(refiner, clips: list[dict]) -> dict:
     for c in clips:
         frames = c["decode"]
         if refiner is not None:
-            x = vae_lib.to_pixels(frames).movedim(1, 0)  # (T, 3, H, W)
-            frames = vae_lib.to_uint8(refiner(x.to(refiner.dtype)).float().movedim(0, 1)[None])
+            frames = vae_lib.to_uint8(refiner.refine_video(vae_lib.to_pixels(frames)[None]))
         se = (frames.astype(np.float32) - c["truth"].astype(np.float32)) ** 2
         sums["psnr"].append(box_psnr(se, None))
         for key, box in (("psnr_eyes", c["eyes_box"]), ("psnr_mouth", c["mouth_box"])):
