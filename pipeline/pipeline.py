@@ -96,6 +96,18 @@ def _timed(iterable, timings: dict, key: str):
         yield item
 
 
+def _decoded(clips, decoder, num_clips: int, timings: dict):
+    """Yield the newly final pixels (B, 3, T, H, W) in [-1, 1] that `decoder` (a `vae.StreamingDecoder`)
+    makes of each (index, latents) clip of `clips` (the last of `num_clips` flushes it), adding the
+    seconds spent in `decoder.push` to `timings["decode"]` (not the wait for the clip)."""
+    for j, latents in clips:
+        t0 = time.perf_counter()
+        pixels = decoder.push(latents, final=(j == num_clips - 1))
+        timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - t0
+        if pixels is not None:
+            yield pixels
+
+
 class TalkingHeadPipeline:
     def __init__(self, vae, speech_ae, dit, config: PipelineConfig, whisper=None):
         self.vae, self.dit, self.config = vae, dit, config
@@ -358,15 +370,20 @@ class TalkingHeadPipeline:
         clips = sampler.sample_clips(sampler.guided_velocity(self.dit, settings), noise, z_ref, codes,
                                      scheduler.inference_timesteps(steps, settings.shift), f, callback=on_step,
                                      motion_guidance=settings.motion_guidance)
-        decoder, emitted, index = vae_lib.StreamingDecoder(self.vae, refiner=self.refiner), 0, 0
         clips = _timed(clips, timings, "dit")
-        if spare_core():  # the DiT samples clip j + 1 on a worker while this thread decodes clip j
+        spare = spare_core()
+        if spare:  # the DiT samples clip j + 1 on a worker while the next stage decodes clip j
             clips = run_ahead(clips)
-        for j, latents in clips:
-            t0 = time.perf_counter()
-            pixels = decoder.push(latents, final=(j == k - 1))
-            timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - t0
-            frames = vae_lib.to_uint8(pixels)[: max(0, num_frames - emitted)] if pixels is not None else ()
+        decoded = _decoded(clips, vae_lib.StreamingDecoder(self.vae), k, timings)
+        if spare and self.refiner is not None:  # a third stage: the decoder on a second worker, the refiner here
+            decoded = run_ahead(decoded)
+        emitted, index = 0, 0
+        for pixels in decoded:
+            if self.refiner is not None:  # per frame, so refining outside StreamingDecoder adds no seam
+                t0 = time.perf_counter()
+                pixels = self.refiner.refine_video(pixels)
+                timings["refine"] = timings.get("refine", 0.0) + time.perf_counter() - t0
+            frames = vae_lib.to_uint8(pixels)[: max(0, num_frames - emitted)]
             if len(frames) == 0:
                 continue
             timings.setdefault("first_chunk", time.perf_counter() - t_start)

@@ -36,16 +36,24 @@ def weights_hash(model: Path = MODEL) -> str:
 
 
 def generate(pipe) -> dict[str, np.ndarray]:
-    """{"example<i>_<settings>": every 6th frame (T, H, W, 3) uint8} with seed 0."""
+    """{"example<i>_<settings>": every 6th frame (T, H, W, 3) uint8} with seed 0, on one torch thread
+    (restored after): Split-CFG frames move by several grey levels between thread counts (float
+    summation order), and the pin command runs outside pytest's one-thread fixture."""
+    import torch
+
     from pipeline.media import load_audio
 
-    out = {}
-    for i in range(3):
-        wav = load_audio(ROOT / "assets" / "examples" / f"speech_{i}.wav")[: 16_000 * SECONDS]
-        for name, settings in SETTINGS.items():
-            frames = pipe(ROOT / "assets" / "examples" / f"portrait_{i}.png", wav, seed=0, progress=False,
-                          **settings).frames
-            out[f"example{i}_{name}"] = frames[::EVERY]
+    out, threads = {}, torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for i in range(3):
+            wav = load_audio(ROOT / "assets" / "examples" / f"speech_{i}.wav")[: 16_000 * SECONDS]
+            for name, settings in SETTINGS.items():
+                frames = pipe(ROOT / "assets" / "examples" / f"portrait_{i}.png", wav, seed=0, progress=False,
+                              **settings).frames
+                out[f"example{i}_{name}"] = frames[::EVERY]
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 

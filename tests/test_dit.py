@@ -59,7 +59,8 @@ def test_per_token_timesteps_broadcast():
         per_token = dit(x, t.repeat_interleave(4, dim=1), audio)
         scalar = dit(x, torch.tensor([0.3, 0.3]), audio)
         scalar_frames = dit(x, torch.full((2, 4), 0.3), audio)
-    assert torch.allclose(per_frame, per_token) and torch.allclose(scalar, scalar_frames)
+    # float32 rounding of the per-token path differs by ~1e-6 on some CPUs: atol above that, far below any real gap
+    assert torch.allclose(per_frame, per_token, atol=1e-5) and torch.allclose(scalar, scalar_frames, atol=1e-5)
 
 
 def test_condition_dropout_removes_the_condition():

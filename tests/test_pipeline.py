@@ -46,6 +46,28 @@ def test_dit_ahead_of_the_decode_gives_the_same_frames(small_pipe, portrait, spe
     assert np.array_equal(frames[False], frames[True])
 
 
+def test_three_stages_with_a_refiner_give_the_frames_of_one_thread(small_pipe, portrait, speech_wav, monkeypatch):
+    """With a refiner and a spare core READ runs DiT (worker) -> VAE decoder (second worker) -> refiner
+    (calling thread): the same frames as one thread doing all three, and the refiner's time is counted."""
+    import pipeline.pipeline as pl
+    from pipeline.ahead import run_ahead
+    from pipeline.refiner import FrameRefiner
+
+    refiner = FrameRefiner(hidden_channels=8, num_layers=2).eval()
+    with torch.no_grad():
+        refiner.conv_out.weight.copy_(torch.randn(refiner.conv_out.weight.shape, generator=torch.Generator().manual_seed(0)) * 0.05)
+    calls, frames, timings = [], {}, {}
+    monkeypatch.setattr(pl, "run_ahead", lambda it: calls.append(1) or run_ahead(it))
+    monkeypatch.setattr(small_pipe, "refiner", refiner)
+    for spare in (False, True):
+        monkeypatch.setattr(pl, "spare_core", lambda spare=spare: spare)
+        out = small_pipe(portrait, speech_wav, seed=3, progress=False)
+        frames[spare], timings[spare] = out.frames, out.timings
+    assert calls == [1, 1]  # the spare-core call ran the DiT and the decoder each on a worker
+    assert np.array_equal(frames[False], frames[True])
+    assert all(t["refine"] > 0 and t["decode"] > 0 for t in timings.values())
+
+
 def test_repeated_inputs_reuse_whisper_codes_and_reference(small_pipe, portrait, speech_wav, monkeypatch):
     from pipeline import whisper
 

@@ -110,15 +110,22 @@ def test_refiner_trainer_also_learns_from_a_pipelines_sdedit_decodes(small_pipe,
     synthetic.main(["--out", str(tmp_path / "train"), "--clips", "2", "--seconds", "1", "--seed", "1", "--size", "64"])
     small_pipe.save_pretrained(tmp_path / "pipe")
     clips = trainer.decoded_clips(small_pipe.vae, tmp_path / "train", 2)
-    generated = trainer.sdedit_clips(small_pipe, clips)
-    for c, g in zip(clips, generated):
+    generated = trainer.sdedit_clips(small_pipe, clips, copies=2)
+    assert len(generated) == 2 * len(clips)
+    for i, g in enumerate(generated):
+        c = clips[i // 2]
         assert g["decode"].shape == c["decode"].shape == c["truth"].shape
         assert not np.array_equal(g["decode"], c["decode"]) and g["truth"] is c["truth"]
+        assert g["mouth_error"].shape == (len(c["truth"]),) and (g["mouth_error"] >= 0).all()
+    assert not np.array_equal(generated[0]["decode"], generated[1]["decode"])  # own t0 and noise per copy
     with pytest.raises(SystemExit):
         trainer.main(["--data", str(tmp_path / "train"), "--out", str(tmp_path / "bad"), "--generated",
                       str(tmp_path / "pipe"), "--vae", str(tmp_path / "pipe" / "vae")])
+    with pytest.raises(SystemExit):  # the copies are of --generated's decodes
+        trainer.main(["--data", str(tmp_path / "train"), "--out", str(tmp_path / "bad"), "--sdedit-copies", "2"])
     trainer.main(["--data", str(tmp_path / "train"), "--out", str(tmp_path / "run"), "--generated",
-                  str(tmp_path / "pipe"), "--steps", "3", "--crop", "32"])
+                  str(tmp_path / "pipe"), "--steps", "3", "--crop", "32", "--sdedit-copies", "2",
+                  "--mouth-error-frames"])
     assert (tmp_path / "run" / "refiner" / "config.json").exists()
 
 
@@ -168,3 +175,29 @@ def test_evaluation_refuses_a_refiner_folder_that_holds_none(tmp_path, capsys):
         parse_args(["--refiner", str(tmp_path)])
     assert err.value.code == 2 and "no saved refiner" in capsys.readouterr().err
     assert parse_args(["--refiner", "none"]).refiner == "none"
+
+
+def test_mouth_error_frames_single_out_the_frame_with_the_wrong_mouth():
+    """Online hard-example mining: a generated decode whose mouth is wrong in one frame of eight has that
+    frame drawn about half the time (half uniform, half by error), and the crops follow the weights."""
+    from pipeline.train.refiner import box_errors, crop_batch, frame_weights
+
+    truth = np.zeros((8, 64, 64, 3), np.uint8)
+    decode = truth.copy()
+    decode[5, 40:50, 20:44] = 200  # frame 5: a wrong mouth
+    decode[2, 0:10, 0:10] = 200  # frame 2: wrong outside the mouth box, not counted
+    mouth = np.tile([20, 40, 44, 52], (8, 1))
+    err = box_errors(decode, truth, mouth)
+    assert err.shape == (8,) and err[5] > 0 and np.count_nonzero(err) == 1
+    w = frame_weights(err)
+    assert np.isclose(w.sum(), 1) and np.isclose(w[5], 0.5 + 0.5 / 8) and np.isclose(w[0], 0.5 / 8)
+    assert np.allclose(frame_weights(np.zeros(8)), 1 / 8)
+    assert box_errors(decode, truth, None) is None
+
+    marked = decode.copy()
+    marked[5] = 255  # the hard frame, marked in the decode
+    clip = {"decode": marked, "truth": truth, "eyes_box": mouth, "mouth_box": mouth, "generated": True}
+    def share_hard(c):
+        dec, _ = crop_batch([c], 400, 32, 4, np.random.default_rng(0))
+        return float((dec.amin(dim=(1, 2, 3)) > 0.99).float().mean())
+    assert 0.45 < share_hard(clip | {"frame_weights": w}) < 0.7 and share_hard(clip) < 0.3

@@ -5,7 +5,7 @@
     python -m pipeline.eval.benchmark --preset read-512       # GPU only: random weights, same FLOPs
 
 Every timing goes through `TalkingHeadPipeline.stream`, the one sampling path; the stage split
-comes from the `timings` its `VideoStream` fills (reference, whisper, speech_ae, dit, decode), and
+comes from the `timings` its `VideoStream` fills (reference, whisper, speech_ae, dit, decode, refine), and
 `media_stream.Mp4Writer` writes the mp4 as the chunks come, as the CLI does ("mp4 mux": the time spent
 handing chunks to ffmpeg and finishing the file). A run is measured at the given settings and at the
 app defaults (`serving.APP_SETTINGS`, the constants the app itself uses).
@@ -38,7 +38,8 @@ SPEECH = ROOT / "assets" / "examples" / "speech_2.wav"
 PORTRAIT = ROOT / "assets" / "examples" / "portrait_2.png"
 COMPONENTS = [  # (key, label) in pipeline order; the markdown table has one row each
     ("whisper", "Whisper encoder"), ("speech_ae", "SpeechAE"), ("reference", "Reference (VAE encode)"),
-    ("dit", "DiT (all sampling)"), ("decode", "VAE decode"), ("mux", "mp4 writing (as chunks come)"),
+    ("dit", "DiT (all sampling)"), ("decode", "VAE decode"),
+    ("refine", "Frame refiner (a pipeline's refiner/)"), ("mux", "mp4 writing (as chunks come)"),
 ]
 SETTING_KEYS = ("num_inference_steps", "cfg_mode", "alpha", "beta", "shift", "clip_latent_frames")
 
@@ -110,7 +111,8 @@ def time_generation(pipe, image, wav: np.ndarray, settings: dict, out_path: Path
     timings = stream.timings
     return dict(
         whisper=timings.get("whisper", 0.0), speech_ae=timings.get("speech_ae", 0.0),
-        reference=timings["reference"], dit=timings["dit"], decode=timings["decode"], mux=mux + t2 - t1,
+        reference=timings["reference"], dit=timings["dit"], decode=timings["decode"],
+        refine=timings.get("refine", 0.0), mux=mux + t2 - t1,
         photo=timings.get("photo", 0.0), dit_forward=hooked["dit_forward"], total=t2 - t0, first_clip=first,
         first_clip_from_timings=timings["first_chunk"], num_clips=num_clips, frames=frames,
     )

@@ -9,7 +9,10 @@ Each clip of `--data` (the first `--clips`) is encoded and decoded once by the f
 `--vae`) each clip is also decoded from what that pipeline's DiT makes of it: its true latents noised to
 one of the sampler's own times (0.75, 0.5 or 0.25) and denoised with the clip's audio and reference, as
 SDEdit does (Meng et al. 2022) — so the refiner also learns to repair the DiT's errors (a mottled mouth)
-while the target stays the truth frame for frame. The refiner learns decode -> truth on 64 x 64 crops
+while the target stays the truth frame for frame; `--sdedit-copies N` makes N such decodes of each clip,
+each with its own start time and noise. With `--mouth-error-frames` half of a generated decode's frames
+are drawn in proportion to its mouth box's squared error against the truth (online hard-example mining,
+Shrivastava et al. 2016), so the frames where the DiT drew the wrong mouth are seen most. The refiner learns decode -> truth on 64 x 64 crops
 of single frames, half of them around the eyes box, a quarter around the mouth box (the generator's
 `gt.npz`; uniform crops where a clip has no boxes): the features a linear code blurs; three quarters of
 a generated decode's crops are around the mouth, which is what the DiT gets wrong.
@@ -48,42 +51,71 @@ def decoded_clips(vae, data, clips: int) -> list[dict]:
 
 
 @torch.no_grad()
-def sdedit_clips(pipe, clips: list[dict], seed: int = 0) -> list[dict]:
+def sdedit_clips(pipe, clips: list[dict], seed: int = 0, copies: int = 1) -> list[dict]:
     """`decoded_clips`' clips decoded from what `pipe`'s DiT makes of them: the true latents noised to
     t0, one of the sampler's times (num_inference_steps at the pipeline's defaults, 0 < t0 < 1, drawn per
-    clip), then sampled from t0 to 0 by `sampler.sample_clips` with the clip's audio (its audio.wav) and
-    its first latent frame as the reference (SDEdit, Meng et al. 2022). Same keys, "decode" replaced, and
-    "generated": True."""
+    decode), then sampled from t0 to 0 by `sampler.sample_clips` with the clip's audio (its audio.wav) and
+    its first latent frame as the reference (SDEdit, Meng et al. 2022). `copies` (>= 1) decodes per clip,
+    each with its own t0 and noise: len(clips) x copies dicts, same keys, "decode" replaced,
+    "generated": True and "mouth_error": (T,) float32, the mean squared error (grey levels²) of each
+    frame's mouth box against the truth (None where the clip has no boxes)."""
     from .. import sampler, scheduler
 
     settings, rng, out = pipe.settings(), np.random.default_rng(seed), []
     times = scheduler.inference_timesteps(settings.num_inference_steps, settings.shift)
     velocity = sampler.guided_velocity(pipe.dit, settings)
     f = settings.clip_latent_frames
-    for c in tqdm(clips, desc="SDEdit decodes", unit="clip"):
+    if copies < 1:
+        raise ValueError(f"copies must be >= 1, got {copies}")
+    for c in tqdm(clips, desc=f"SDEdit decodes x{copies}", unit="clip"):
         z = c["latents"]
         n = z.shape[2]
         pad = sampler.padded_latent_frames(n, f) - n  # whole clips: repeat the last latent frame
         z_in = torch.cat([z, z[:, :, -1:].expand(-1, -1, pad, -1, -1)], dim=2)
         codes = pipe.speech.encode(pipe.load_speech(c["folder"] / "audio.wav").whisper, z_in.shape[2], {})
-        k = int(rng.integers(1, len(times) - 1))  # start at times[k], strictly between 1 and 0
-        noise = torch.randn(z_in.shape, generator=torch.Generator().manual_seed(int(rng.integers(2**31))))
-        noised = scheduler.add_noise(z_in, noise, torch.full((1, z_in.shape[2]), float(times[k])))
-        parts = [lat for _, lat in sampler.sample_clips(velocity, noised, z[:, :, :1], codes, times[k:], f)]
-        latents = torch.cat(parts, dim=2)[:, :, :n]
-        out.append(c | {"decode": vae_lib.to_uint8(vae_lib.decode(pipe.vae, latents)), "generated": True})
+        for _ in range(copies):
+            k = int(rng.integers(1, len(times) - 1))  # start at times[k], strictly between 1 and 0
+            noise = torch.randn(z_in.shape, generator=torch.Generator().manual_seed(int(rng.integers(2**31))))
+            noised = scheduler.add_noise(z_in, noise, torch.full((1, z_in.shape[2]), float(times[k])))
+            parts = [lat for _, lat in sampler.sample_clips(velocity, noised, z[:, :, :1], codes, times[k:], f)]
+            decode = vae_lib.to_uint8(vae_lib.decode(pipe.vae, torch.cat(parts, dim=2)[:, :, :n]))
+            out.append(c | {"decode": decode, "generated": True,
+                            "mouth_error": box_errors(decode, c["truth"], c["mouth_box"])})
     return out
+
+
+def box_errors(decode: np.ndarray, truth: np.ndarray, boxes: np.ndarray | None) -> np.ndarray | None:
+    """Per-frame mean squared error (grey levels², float32 (T,)) of `decode` against `truth` (both
+    (T, H, W, 3) uint8) inside each frame's box (T, 4) as x0, y0, x1, y1; None if `boxes` is None."""
+    if boxes is None:
+        return None
+    err = [np.square(decode[t, y0:y1, x0:x1].astype(np.float32) - truth[t, y0:y1, x0:x1]).mean()
+           for t, (x0, y0, x1, y1) in enumerate(boxes)]
+    return np.asarray(err, dtype=np.float32)
+
+
+def frame_weights(errors: np.ndarray, hard_fraction: float = 0.5) -> np.ndarray:
+    """Sampling probabilities (T,) summing to 1: `1 - hard_fraction` spread uniformly over the frames,
+    `hard_fraction` in proportion to `errors` (T,) >= 0 (online hard-example mining, Shrivastava et al.
+    2016). All-zero errors give the uniform distribution."""
+    uniform = np.full(len(errors), 1.0 / len(errors))
+    total = float(errors.sum())
+    if total <= 0:
+        return uniform
+    return (1 - hard_fraction) * uniform + hard_fraction * errors / total
 
 
 def crop_batch(clips: list[dict], size: int, crop: int, patch: int, rng) -> tuple[torch.Tensor, torch.Tensor]:
     """`size` random crops (crop x crop pixels, corners on the patch grid) of random frames -> decode and
     truth, each (size, 3, crop, crop) in [-1, 1]. Of a reconstruction's crops half are centred near the
     eyes box, a quarter near the mouth box (jittered by up to 12 px), the rest anywhere; of a generated
-    clip's (`sdedit_clips`, there for the DiT's mouth) three quarters near the mouth, the rest the eyes."""
+    clip's (`sdedit_clips`, there for the DiT's mouth) three quarters near the mouth, the rest the eyes.
+    A clip with "frame_weights" (T,) draws its frame from them, others uniformly."""
     dec, tru = [], []
     for _ in range(size):
         c = clips[rng.integers(len(clips))]
-        f = rng.integers(len(c["truth"]))
+        weights = c.get("frame_weights")
+        f = rng.integers(len(c["truth"])) if weights is None else rng.choice(len(weights), p=weights)
         h, w = c["truth"].shape[1:3]
         u = rng.random()
         if c.get("generated"):
@@ -148,7 +180,11 @@ def training_pairs(args) -> tuple[list[dict], list[dict]]:
         vae_lib.skip_zero_residuals(vae)
     clips = decoded_clips(vae, args.data, args.clips)
     if pipe is not None:
-        clips += sdedit_clips(pipe, clips, args.seed)
+        generated = sdedit_clips(pipe, clips, args.seed, args.sdedit_copies)
+        if args.mouth_error_frames:
+            generated = [g | {"frame_weights": frame_weights(g["mouth_error"])} if g["mouth_error"] is not None
+                         else g for g in generated]
+        clips += generated
     return clips, decoded_clips(vae, args.heldout, args.clips) if args.heldout else []
 
 
@@ -158,6 +194,12 @@ def main(argv=None):
     p.add_argument("--vae", help="the frozen VAE (save_pretrained folder or checkpoint; default: the shipped "
                    "model's, or --generated's)")
     p.add_argument("--generated", help="a saved pipeline: also train on its DiT's SDEdit decodes (its VAE is used)")
+    p.add_argument("--sdedit-copies", type=int, default=1,
+                   help="with --generated: SDEdit decodes per training clip, each its own t0 and noise (each copy "
+                   "holds the clip's frames in memory: 320 clips x 3 copies ~ 16 GB)")
+    p.add_argument("--mouth-error-frames", action="store_true",
+                   help="with --generated: draw half of a generated decode's frames in proportion to its mouth "
+                   "box's error against the truth")
     p.add_argument("--clips", type=int, default=200, help="training clips decoded (~2 s each on one thread)")
     p.add_argument("--crop", type=int, default=64, help="crop side in pixels")
     p.add_argument("--hidden-channels", type=int, default=96)
@@ -166,6 +208,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.vae and args.generated:
         p.error("--generated brings its pipeline's VAE: leave out --vae")
+    if args.sdedit_copies < 1:
+        p.error(f"--sdedit-copies must be >= 1, got {args.sdedit_copies}")
+    if (args.sdedit_copies != 1 or args.mouth_error_frames) and not args.generated:
+        p.error("--sdedit-copies and --mouth-error-frames act on --generated's decodes: give --generated PIPELINE")
     acc = make_accelerator(args)
     clips, heldout = training_pairs(args)
     model = FrameRefiner(hidden_channels=args.hidden_channels, num_layers=args.num_layers)
@@ -191,7 +237,8 @@ def main(argv=None):
     stage = Stage("frame refiner", model, opt, lambda rand: crop_batch(clips, args.batch_size, crop, patch, rand.np),
                   refiner_loss, ["mse", "l1", "lr"] + keys + [k + "_decoder" for k in keys],
                   validate=validate if heldout else None, finish=finish, ema=ema, warmup=100,
-                  extra={"vae": args.generated or args.vae or "assets/model/vae", "generated": bool(args.generated)})
+                  extra={"vae": args.generated or args.vae or "assets/model/vae", "generated": bool(args.generated),
+                         "sdedit_copies": args.sdedit_copies, "mouth_error_frames": args.mouth_error_frames})
     train(stage, args, acc)
 
 
