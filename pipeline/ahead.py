@@ -1,8 +1,9 @@
 """Run an iterator ahead of its consumer, on a worker thread.
 
 READ uses it to put its two halves on the two cores of a CPU Space when torch leaves a core free:
-the DiT samples clip k + 1 on the worker while the calling thread decodes clip k; photo mode adds
-a third stage the same way (the warp of the photo for the clip before). Torch, OpenCV and numpy
+the DiT samples clip k + 1 on the worker while the calling thread decodes clip k; a pipeline with a
+frame refiner puts the VAE decoder on a second worker and refines on the calling thread, and photo
+mode adds a stage the same way (the warp of the photo for the clip before). Torch, OpenCV and numpy
 release the GIL inside their kernels, so the stages really run side by side.
 """
 from __future__ import annotations

@@ -96,18 +96,6 @@ def _timed(iterable, timings: dict, key: str):
         yield item
 
 
-def _decoded(clips, decoder, num_clips: int, timings: dict):
-    """Yield the newly final pixels (B, 3, T, H, W) in [-1, 1] that `decoder` (a `vae.StreamingDecoder`)
-    makes of each (index, latents) clip of `clips` (the last of `num_clips` flushes it), adding the
-    seconds spent in `decoder.push` to `timings["decode"]` (not the wait for the clip)."""
-    for j, latents in clips:
-        t0 = time.perf_counter()
-        pixels = decoder.push(latents, final=(j == num_clips - 1))
-        timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - t0
-        if pixels is not None:
-            yield pixels
-
-
 class TalkingHeadPipeline:
     def __init__(self, vae, speech_ae, dit, config: PipelineConfig, whisper=None):
         self.vae, self.dit, self.config = vae, dit, config
@@ -374,15 +362,13 @@ class TalkingHeadPipeline:
         spare = spare_core()
         if spare:  # the DiT samples clip j + 1 on a worker while the next stage decodes clip j
             clips = run_ahead(clips)
-        decoded = _decoded(clips, vae_lib.StreamingDecoder(self.vae), k, timings)
-        if spare and self.refiner is not None:  # a third stage: the decoder on a second worker, the refiner here
-            decoded = run_ahead(decoded)
+        decoded = vae_lib.decode_clips(vae_lib.StreamingDecoder(self.vae), clips, k, timings)
+        if self.refiner is not None:  # per frame, so refining after StreamingDecoder adds no seam
+            if spare:  # a third stage: the decoder on a second worker, the refiner on this thread
+                decoded = run_ahead(decoded)
+            decoded = refiner_lib.refine_clips(self.refiner, decoded, timings)
         emitted, index = 0, 0
         for pixels in decoded:
-            if self.refiner is not None:  # per frame, so refining outside StreamingDecoder adds no seam
-                t0 = time.perf_counter()
-                pixels = self.refiner.refine_video(pixels)
-                timings["refine"] = timings.get("refine", 0.0) + time.perf_counter() - t0
             frames = vae_lib.to_uint8(pixels)[: max(0, num_frames - emitted)]
             if len(frames) == 0:
                 continue

@@ -7,6 +7,8 @@ clip with left context and one latent frame of look-ahead, and drops the duplica
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 from diffusers import AutoencoderKLLTXVideo
@@ -176,3 +178,15 @@ class StreamingDecoder:
         if drop > 0:
             self.latents = self.latents[:, :, drop:]
             self.emitted -= TEMPORAL_COMPRESSION * drop
+
+
+def decode_clips(decoder: StreamingDecoder, clips, num_clips: int, timings: dict):
+    """Yield the newly final pixels (B, 3, T, H, W) in [-1, 1] that `decoder` makes of each (index, latents)
+    item of `clips` (index `num_clips - 1` is the last and flushes it), adding the seconds spent in
+    `decoder.push` (not the wait for the next clip) to `timings["decode"]`."""
+    for j, latents in clips:
+        t0 = time.perf_counter()
+        pixels = decoder.push(latents, final=(j == num_clips - 1))
+        timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - t0
+        if pixels is not None:
+            yield pixels

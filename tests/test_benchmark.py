@@ -34,7 +34,8 @@ def test_every_key_and_json(result):
 @pytest.mark.parametrize("which", ["settings", "app"])
 def test_times_positive_and_parts_within_total(result, which):
     r = result if which == "settings" else result["app_defaults"]
-    parts = r["components_s"]
+    parts = dict(r["components_s"])  # a copy: the result is a module fixture
+    assert parts.pop("refine") == 0  # the small pipeline has no frame refiner: nothing timed for it
     assert all(v > 0 for v in parts.values()), parts
     assert sum(parts.values()) <= r["end_to_end_s"] * 1.05 + 0.05
     assert 0 < r["first_clip_s"] <= r["end_to_end_s"]

@@ -188,7 +188,8 @@ def training_pairs(args) -> tuple[list[dict], list[dict]]:
     return clips, decoded_clips(vae, args.heldout, args.clips) if args.heldout else []
 
 
-def main(argv=None):
+def parse_args(argv=None):
+    """The trainer's options (the shared loop's and the refiner's); exits 2 on inconsistent ones."""
     p = base_parser("Train the frame refiner after the VAE decoder")
     p.set_defaults(steps=3000, batch_size=16, lr=1e-3, val_every=250)
     p.add_argument("--vae", help="the frozen VAE (save_pretrained folder or checkpoint; default: the shipped "
@@ -212,6 +213,11 @@ def main(argv=None):
         p.error(f"--sdedit-copies must be >= 1, got {args.sdedit_copies}")
     if (args.sdedit_copies != 1 or args.mouth_error_frames) and not args.generated:
         p.error("--sdedit-copies and --mouth-error-frames act on --generated's decodes: give --generated PIPELINE")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     acc = make_accelerator(args)
     clips, heldout = training_pairs(args)
     model = FrameRefiner(hidden_channels=args.hidden_channels, num_layers=args.num_layers)
