@@ -201,3 +201,20 @@ def test_mouth_error_frames_single_out_the_frame_with_the_wrong_mouth():
         dec, _ = crop_batch([c], 400, 32, 4, np.random.default_rng(0))
         return float((dec.amin(dim=(1, 2, 3)) > 0.99).float().mean())
     assert 0.45 < share_hard(clip | {"frame_weights": w}) < 0.7 and share_hard(clip) < 0.3
+
+
+def test_examples_picture_row_shows_each_pipelines_reconstruction_and_generation(small_pipe):
+    """One row: the input, then per pipeline its reference reconstruction (PSNR against the input) and a
+    generated frame; a refiner that changes the frames changes the reconstruction's PSNR."""
+    import copy
+
+    from pipeline.eval.examples_picture import example_row
+
+    refined = copy.copy(small_pipe)
+    refined.refiner = _trained_looking(FrameRefiner(hidden_channels=8, num_layers=2))
+    settings = dict(num_inference_steps=1, cfg_mode="joint")
+    row, figures = example_row({"plain": small_pipe, "refined": refined}, 0, 5, settings)
+    h, w = small_pipe.config.height, small_pipe.config.width
+    assert row.shape == (14 + h, 5 * w, 3) and row.dtype == np.uint8
+    assert set(figures) == {"plain", "refined"} and figures["plain"] != figures["refined"]
+    assert all(0 < v < 60 for v in figures.values())
