@@ -20,8 +20,9 @@ EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
 # The app's sampling defaults. Cheaper than the paper's (8 steps, Split CFG, alpha 2, beta 6) so that
 # the demo keeps up with real time on a CPU; retune them for each trained model (docs/RESULTS.md:
 # the paper's Split alpha 2 beta 6 over-guides the shipped model; Joint alpha 1.5 balances lip-sync
-# and seams). `resolve_settings(config.sampling, **APP_SETTINGS)` gives the full settings.
-APP_SETTINGS = dict(num_inference_steps=4, cfg_mode="joint", alpha=1.5, beta=6.0, shift=1.0, clip_latent_frames=5,
+# and seams; beta, Split's audio guidance, is 1.5: beta 6 falls to lip-sync 0.44 and identity 8.5 dB on
+# the fidelity model, docs/TRAINING.md §17). `resolve_settings(config.sampling, **APP_SETTINGS)`.
+APP_SETTINGS = dict(num_inference_steps=4, cfg_mode="joint", alpha=1.5, beta=1.5, shift=1.0, clip_latent_frames=5,
                     mode="read", render="auto")
 APP_MAX_SECONDS = 30.0  # the app's default length limit (the model's own is PipelineConfig.max_seconds)
 

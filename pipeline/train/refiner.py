@@ -98,11 +98,11 @@ def frame_weights(errors: np.ndarray, hard_fraction: float = 0.5) -> np.ndarray:
     """Sampling probabilities (T,) summing to 1: `1 - hard_fraction` spread uniformly over the frames,
     `hard_fraction` in proportion to `errors` (T,) >= 0 (online hard-example mining, Shrivastava et al.
     2016). All-zero errors give the uniform distribution."""
+    errors = np.asarray(errors, dtype=np.float64)  # float32 sums miss numpy's tolerance for choice(p=)
     uniform = np.full(len(errors), 1.0 / len(errors))
-    total = float(errors.sum())
-    if total <= 0:
-        return uniform
-    return (1 - hard_fraction) * uniform + hard_fraction * errors / total
+    total = errors.sum()
+    weights = uniform if total <= 0 else (1 - hard_fraction) * uniform + hard_fraction * errors / total
+    return weights / weights.sum()
 
 
 def crop_batch(clips: list[dict], size: int, crop: int, patch: int, rng) -> tuple[torch.Tensor, torch.Tensor]:
