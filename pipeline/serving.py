@@ -27,7 +27,7 @@ APP_SETTINGS = dict(num_inference_steps=4, cfg_mode="joint", alpha=1.5, beta=1.5
 APP_MAX_SECONDS = 30.0  # the app's default length limit (the model's own is PipelineConfig.max_seconds)
 
 # ZeroGPU time requests. No GPU was measured for this project yet (docs/DEPLOY.md): these are
-# conservative figures, far above the CPU's (a 10-s clip at 4 steps takes ~1.5 s on 2 CPU cores).
+# conservative figures, far above the CPU's (a 10-s clip at 4 steps takes ~4.5 s on 2 CPU cores).
 GPU_BASE_S = 10.0  # moving the model to the GPU, Whisper, VAE encode/decode of one request
 GPU_PER_STEP_SECOND_S = 0.05  # DiT seconds per denoising step per second of video
 GPU_MAX_S = 120.0  # ZeroGPU's documented per-call default for a free visitor is 60 s; keep the cap low
