@@ -1,6 +1,6 @@
 """Train the frame refiner (`pipeline.refiner.FrameRefiner`) on (VAE decode, truth) pairs.
 
-    python -m pipeline.train.refiner --data data/train --generated assets/training/pipeline_pca \
+    python -m pipeline.train.refiner --data data/train --generated assets/model \
         --out runs/refiner --heldout data/heldout_val
     cp -r runs/refiner/refiner <pipeline folder>/      # the pipeline loads it after its VAE decoder
 
