@@ -108,3 +108,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def trained_looking(refiner, seed: int = 0):
+    """A `refiner.FrameRefiner` whose zero-initialised output layer gets random weights, so it changes
+    what it sees; in eval mode."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        refiner.conv_out.weight.copy_(torch.randn(refiner.conv_out.weight.shape, generator=g) * 0.05)
+    return refiner.eval()

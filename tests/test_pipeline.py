@@ -53,9 +53,9 @@ def test_three_stages_with_a_refiner_give_the_frames_of_one_thread(small_pipe, p
     from pipeline.ahead import run_ahead
     from pipeline.refiner import FrameRefiner
 
-    refiner = FrameRefiner(hidden_channels=8, num_layers=2).eval()
-    with torch.no_grad():
-        refiner.conv_out.weight.copy_(torch.randn(refiner.conv_out.weight.shape, generator=torch.Generator().manual_seed(0)) * 0.05)
+    from .conftest import trained_looking
+
+    refiner = trained_looking(FrameRefiner(hidden_channels=8, num_layers=2))
     calls, frames, timings = [], {}, {}
     monkeypatch.setattr(pl, "run_ahead", lambda it: calls.append(1) or run_ahead(it))
     monkeypatch.setattr(small_pipe, "refiner", refiner)

@@ -9,14 +9,7 @@ from pipeline.config import VAEConfig
 from pipeline.refiner import FrameRefiner
 
 from .conftest import SMALL_VAE
-
-
-def _trained_looking(refiner: FrameRefiner, seed: int = 0) -> FrameRefiner:
-    """Give the zero-initialised output layer weights, so the refiner changes what it sees."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        refiner.conv_out.weight.copy_(torch.randn(refiner.conv_out.weight.shape, generator=g) * 0.05)
-    return refiner.eval()
+from .conftest import trained_looking as _trained_looking
 
 
 def test_untrained_refiner_is_the_identity_and_rejects_frames_it_cannot_patch():

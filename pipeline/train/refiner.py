@@ -61,12 +61,12 @@ def sdedit_clips(pipe, clips: list[dict], seed: int = 0, copies: int = 1) -> lis
     frame's mouth box against the truth (None where the clip has no boxes)."""
     from .. import sampler, scheduler
 
+    if copies < 1:
+        raise ValueError(f"copies must be >= 1, got {copies}")
     settings, rng, out = pipe.settings(), np.random.default_rng(seed), []
     times = scheduler.inference_timesteps(settings.num_inference_steps, settings.shift)
     velocity = sampler.guided_velocity(pipe.dit, settings)
     f = settings.clip_latent_frames
-    if copies < 1:
-        raise ValueError(f"copies must be >= 1, got {copies}")
     for c in tqdm(clips, desc=f"SDEdit decodes x{copies}", unit="clip"):
         z = c["latents"]
         n = z.shape[2]
@@ -89,9 +89,13 @@ def box_errors(decode: np.ndarray, truth: np.ndarray, boxes: np.ndarray | None) 
     (T, H, W, 3) uint8) inside each frame's box (T, 4) as x0, y0, x1, y1; None if `boxes` is None."""
     if boxes is None:
         return None
-    err = [np.square(decode[t, y0:y1, x0:x1].astype(np.float32) - truth[t, y0:y1, x0:x1]).mean()
-           for t, (x0, y0, x1, y1) in enumerate(boxes)]
-    return np.asarray(err, dtype=np.float32)
+    se = np.square(decode.astype(np.float32) - truth)
+    return np.asarray([cells.mean() for cells in in_boxes(se, boxes)], dtype=np.float32)
+
+
+def in_boxes(se: np.ndarray, boxes: np.ndarray) -> list[np.ndarray]:
+    """Each frame's squared errors (of (T, H, W, 3)) inside its own box (T, 4) as x0, y0, x1, y1."""
+    return [se[t, y0:y1, x0:x1] for t, (x0, y0, x1, y1) in enumerate(boxes)]
 
 
 def frame_weights(errors: np.ndarray, hard_fraction: float = 0.5) -> np.ndarray:
@@ -138,8 +142,7 @@ def box_psnr(se: np.ndarray, boxes: np.ndarray | None) -> float:
     """PSNR (`eval.synthetic.psnr`) of squared errors (T, H, W, 3), over every frame's own box (T, 4) if given."""
     if boxes is None:
         return float(psnr(se.mean()))
-    parts = [se[t, y0:y1, x0:x1].reshape(-1) for t, (x0, y0, x1, y1) in enumerate(boxes)]
-    return float(psnr(np.concatenate(parts).mean()))
+    return float(psnr(np.concatenate([cells.reshape(-1) for cells in in_boxes(se, boxes)]).mean()))
 
 
 @torch.no_grad()
